@@ -1,0 +1,115 @@
+"""The demo's routes and configuration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import Flask, Response
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from demo_app.logging_setup import configure_logging
+from gunitune import GuniTune
+from gunitune.core.urls import mask_url, normalize_url
+
+IO_BODY = "hello there!\n"
+
+
+def _number(environ: Mapping[str, str], key: str, default: float, *, integer: bool) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or value != value:
+        kind = "an integer >= 0" if integer else "a number >= 0"
+        raise ValueError(f"{key}={raw!r} is invalid: expected {kind}")
+    return value
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything the demo reads from its environment, validated."""
+
+    database_url: str
+    io_seconds: float = 5.0
+    cpu_loop: int = 100_000_000
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    gunitune: bool = True
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> DemoConfig:
+        """Read and validate ``DATABASE_URL`` and ``DEMO_*``; ValueError names key and value."""
+        url = environ.get("DATABASE_URL", "").strip()
+        if not url:
+            raise ValueError(
+                "DATABASE_URL is not set: export DATABASE_URL=postgresql://user:password@host:5432/db"
+            )
+        url, _driver = normalize_url(url)
+        flag = environ.get("DEMO_GUNITUNE", "on").strip().lower()
+        if flag not in ("on", "off"):
+            raise ValueError(f"DEMO_GUNITUNE={flag!r} is invalid: expected on or off")
+        max_overflow_raw = environ.get("DEMO_MAX_OVERFLOW", "").strip()
+        return cls(
+            database_url=url,
+            io_seconds=_number(environ, "DEMO_IO_SECONDS", 5.0, integer=False),
+            cpu_loop=int(_number(environ, "DEMO_CPU_LOOP", 100_000_000, integer=True)),
+            pool_size=int(_number(environ, "DEMO_POOL_SIZE", 5, integer=True)),
+            # -1 is SQLAlchemy's "unlimited overflow"; anything below is a mistake.
+            max_overflow=-1
+            if max_overflow_raw == "-1"
+            else int(_number(environ, "DEMO_MAX_OVERFLOW", 10, integer=True)),
+            pool_timeout=_number(environ, "DEMO_POOL_TIMEOUT", 30.0, integer=False),
+            gunitune=flag == "on",
+        )
+
+
+def create_app(config: DemoConfig) -> Flask:
+    """The seed's app with the given configuration."""
+    configure_logging()
+    app = Flask("demo_app")
+    app.config["SQLALCHEMY_DATABASE_URI"] = config.database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "pool_size": config.pool_size,
+        "max_overflow": config.max_overflow,
+        "pool_timeout": config.pool_timeout,
+    }
+    db = SQLAlchemy(app)
+    app.extensions["demo_config"] = config
+    pid = str(os.getpid())
+
+    @app.get("/io")
+    def io_route() -> str:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(:s)"), {"s": config.io_seconds})
+        return IO_BODY
+
+    @app.get("/cpu")
+    def cpu_route() -> str:
+        return str(sum(range(config.cpu_loop)))
+
+    @app.get("/fast")
+    def fast_route() -> str:
+        with db.engine.connect() as conn:
+            return str(conn.execute(text("SELECT 1")).scalar()) + "\n"
+
+    @app.get("/hello")
+    def hello_route() -> str:
+        return IO_BODY
+
+    @app.after_request
+    def served_by(response: Response) -> Response:
+        # Which worker answered: the tests check that CPU work spreads over all of them.
+        response.headers["X-Served-By"] = pid
+        return response
+
+    if config.gunitune:
+        GuniTune(app, db)
+    app.logger.info("demo_app ready: %s", mask_url(config.database_url))
+    return app

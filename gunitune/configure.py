@@ -1,0 +1,178 @@
+"""What ``gunitune.conf`` derives, as testable functions.
+
+:func:`derive` turns the environment and the machine into Gunicorn settings
+(with a reason for each); :func:`check_database_budget` compares them with
+what Postgres can hold. ``gunitune.conf`` only assigns the results to the
+names Gunicorn reads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import structlog
+
+from gunitune.core.budget import check_budget
+from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
+from gunitune.core.errors import ConfigError, GunituneError
+from gunitune.core.planner import Plan, make_plan
+from gunitune.core.settings import Settings
+from gunitune.core.urls import mask_url, normalize_url
+
+__all__ = [
+    "WORKER_CLASS",
+    "Derived",
+    "check_database_budget",
+    "derive",
+    "exit_with",
+    "load",
+    "start",
+    "with_workers",
+]
+
+WORKER_CLASS = "gunitune.worker.GuniTuneWorker"
+log = structlog.get_logger("gunitune")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Settings and the plan they came from."""
+
+    settings: Settings
+    plan: Plan
+
+    def gunicorn_settings(self) -> dict[str, Any]:
+        """The values assigned to Gunicorn's setting names."""
+        return {
+            "worker_class": WORKER_CLASS,
+            "workers": self.plan.workers,
+            "worker_connections": self.plan.worker_connections,
+            "backlog": self.plan.backlog,
+            "timeout": self.plan.timeout,
+            "graceful_timeout": self.plan.graceful_timeout,
+        }
+
+
+def _workers_from_env(settings: Settings, environ: Mapping[str, str]) -> int | None:
+    if settings.workers is not None:
+        return settings.workers
+    raw = environ.get("WEB_CONCURRENCY", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"WEB_CONCURRENCY={raw!r} is invalid: expected an integer >= 1")
+    return int(raw)
+
+
+def derive(environ: Mapping[str, str], cpus: CpuCount | None = None) -> Derived:
+    """Settings from ``environ`` (``GUNITUNE_*``, ``WEB_CONCURRENCY``) and the machine."""
+    settings = Settings.from_sources(environ)
+    cpu = cpus or usable_cpus()
+    plan = make_plan(
+        cpus=cpu.count,
+        cpu_source=cpu.source,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        workers=_workers_from_env(settings, environ),
+        burst=settings.burst,
+        timeout=settings.timeout,
+        somaxconn=read_somaxconn(),
+    )
+    return Derived(settings, plan)
+
+
+def with_workers(derived: Derived, workers: int) -> Derived:
+    """The same plan for another worker count (a ``--workers`` given on the command line)."""
+    if workers == derived.plan.workers:
+        return derived
+    plan = derived.plan
+    replanned = make_plan(
+        cpus=plan.cpus,
+        cpu_source=plan.cpu_source,
+        pool_size=plan.pool_size,
+        max_overflow=plan.max_overflow,
+        workers=workers,
+        burst=plan.burst,
+        timeout=plan.timeout,
+        somaxconn=plan.somaxconn,
+    )
+    return Derived(derived.settings, replanned)
+
+
+def exit_with(message: str, code: int = 2) -> NoReturn:
+    """One clear line on stderr, no traceback, then exit."""
+    print(f"gunitune: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def check_database_budget(derived: Derived, url: str) -> str | None:
+    """Compare the plan with the server's connection budget.
+
+    Returns ``None`` when it fits, else the one-line complaint. An unreachable
+    database raises :class:`gunitune.core.errors.GunituneError` (one line).
+    """
+    from gunitune.postgres import read_server_budget  # imports a driver; only when asked
+
+    plan = derived.plan
+    server = read_server_budget(url)
+    verdict = check_budget(
+        plan.total_db_connections,
+        server,
+        workers=plan.workers,
+        per_worker=plan.connections_per_worker,
+    )
+    return None if verdict.ok else verdict.message
+
+
+def start(derived: Derived, environ: Mapping[str, str]) -> None:
+    """Gunicorn's ``on_starting``: explain the derived values, then check the database."""
+    plan = derived.plan
+    url = environ.get("DATABASE_URL", "")
+    driver = ""
+    if url:
+        try:
+            url, driver = normalize_url(url)
+        except ValueError as exc:
+            exit_with(str(exc))
+    log.info(
+        "gunitune_config",
+        **derived.gunicorn_settings(),
+        cpus=plan.cpus,
+        cpu_source=plan.cpu_source,
+        pool_size=plan.pool_size,
+        max_overflow=plan.max_overflow,
+        total_db_connections=plan.total_db_connections,
+        recommended_max_connections=plan.recommended_max_connections,
+        somaxconn=plan.somaxconn,
+        database_url=mask_url(url) if url else None,
+        driver=driver or None,
+        why=plan.reasons,
+    )
+    for line in plan.advice():
+        if "clips backlog" in line:
+            log.warning("backlog_clipped", advice=line)
+    mode = derived.settings.budget_check
+    if not url or mode == "off":
+        return
+    try:
+        complaint = check_database_budget(derived, url)
+    except GunituneError as exc:
+        complaint = str(exc)
+    if complaint is None:
+        log.info("postgres_budget_ok", needed=plan.total_db_connections)
+    elif mode == "error":
+        exit_with(complaint)
+    else:
+        log.warning("postgres_budget", problem=complaint)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Derived:
+    """:func:`derive` for the config module: a bad setting exits with one line."""
+    try:
+        return derive(os.environ if environ is None else environ)
+    except ConfigError as exc:
+        exit_with(str(exc))

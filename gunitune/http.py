@@ -1,0 +1,60 @@
+"""What gunitune answers over HTTP: the 503 it sheds with, and the stats endpoint."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import Forbidden, ServiceUnavailable
+
+__all__ = ["Overloaded", "stats_view"]
+
+
+class Overloaded(ServiceUnavailable):
+    """503 with ``Retry-After``: this worker could not serve the request in time.
+
+    A Werkzeug ``HTTPException``, so ``@app.errorhandler(503)`` (or
+    ``errorhandler(Overloaded)``) renders it the app's way. ``reason`` says
+    which limit refused it; ``waited`` how long it queued first.
+    """
+
+    description = (
+        "The server is at capacity and could not start this request in time. "
+        "Retry after the number of seconds in the Retry-After header."
+    )
+
+    def __init__(self, retry_after: int, reason: str, waited: float = 0.0) -> None:
+        super().__init__(retry_after=retry_after)
+        self.reason = reason
+        self.waited = waited
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def stats_view(
+    stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str
+) -> Callable[[], Response]:
+    """A view returning ``stats(app)`` as JSON, for loopback clients or the bearer ``token``."""
+
+    def gunitune_stats() -> Response:
+        if token:
+            sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(sent.encode(), token.encode()):
+                raise Forbidden(
+                    "gunitune stats need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
+                )
+        elif not _is_loopback(request.remote_addr):
+            raise Forbidden(
+                "gunitune stats answer loopback clients only (or set GUNITUNE_STATS_TOKEN)"
+            )
+        return jsonify(stats(app))
+
+    return gunitune_stats

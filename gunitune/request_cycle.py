@@ -1,0 +1,162 @@
+"""The extension's per-request work: admit, measure, release, learn, report.
+
+Kept apart from :mod:`gunitune.flask_ext` (registration and the public API) so
+the hot path reads top to bottom in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from flask import Flask, g, request
+
+from gunitune import runtime
+from gunitune.admission import Admission, Rejected
+from gunitune.core.limits import RouteProfiles, retry_after_seconds
+from gunitune.core.settings import Settings
+from gunitune.cpu_meter import GreenletCpuMeter
+from gunitune.http import Overloaded
+from gunitune.telemetry import PoolTelemetry
+
+__all__ = ["RequestCycle"]
+
+log = structlog.get_logger("gunitune")
+_G_KEY = "_gunitune_in_flight"
+# Loop-block reports: at most one event per route in this many seconds.
+_BLOCK_REPORT_INTERVAL = 10.0
+
+
+@dataclass
+class _InFlight:
+    route: str
+    ticket: Any
+
+
+@dataclass
+class _BlockReports:
+    last: dict[str, float] = field(default_factory=dict)
+    suppressed: dict[str, int] = field(default_factory=dict)
+
+    def due(self, route: str, now: float) -> int | None:
+        """Blocks to report for ``route`` now (this one plus suppressed), or None."""
+        if now - self.last.get(route, float("-inf")) < _BLOCK_REPORT_INTERVAL:
+            self.suppressed[route] = self.suppressed.get(route, 0) + 1
+            return None
+        self.last[route] = now
+        return 1 + self.suppressed.pop(route, 0)
+
+
+@dataclass
+class RequestCycle:
+    """Before/teardown hooks of one app, with the state they share."""
+
+    app: Flask
+    settings: Settings
+    admission: Admission
+    profiles: RouteProfiles
+    meter: GreenletCpuMeter
+    telemetry: PoolTelemetry
+    mode_of: Callable[[Any], str | None]
+    clock: Callable[[], float] = time.monotonic
+    _blocks: _BlockReports = field(default_factory=_BlockReports)
+    _watcher: Any = None
+
+    def before_request(self) -> None:
+        """Admit the request or raise :class:`Overloaded`; start measuring it."""
+        view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
+        mode = self.mode_of(view)
+        if mode == "exempt":
+            return
+        self._start_watcher()
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        cpu_bound = mode == "cpu" or (mode != "io" and self.profiles.is_cpu_bound(route))
+        try:
+            ticket = self.admission.admit(cpu_bound=cpu_bound)
+        except Rejected as exc:
+            self.telemetry.record_shed()
+            self.telemetry.observe(self.admission.waiting)
+            raise Overloaded(self._retry_after(route), exc.reason, exc.waited) from None
+        self.telemetry.record_wait(ticket.waited)
+        setattr(g, _G_KEY, _InFlight(route, ticket))
+        self.meter.start(route)
+
+    def teardown_request(self, _exc: BaseException | None) -> None:
+        """Release the slot, learn from the request, report pressure and loop blocks."""
+        state: _InFlight | None = g.pop(_G_KEY, None)
+        if state is None:
+            return
+        account = self.meter.stop()
+        self.admission.release(state.ticket)
+        wall = self.clock() - state.ticket.admitted_at
+        cpu = account.cpu if account is not None else 0.0
+        self.profiles.add(state.route, cpu, wall)
+        worker = runtime.current()
+        if worker is not None and worker.adaptive:
+            worker.window.on_sample(cpu, wall)
+        if account is not None and account.longest_slice >= self.meter.block_threshold:
+            self._report_block(state.route, account.longest_slice)
+        self.telemetry.observe(self.admission.waiting)
+
+    def _retry_after(self, route: str) -> int:
+        if self.settings.retry_after is not None:
+            return self.settings.retry_after
+        profile = self.profiles.routes.get(route)
+        per_request = profile.wall_seconds if profile else self.admission.queue_timeout
+        return retry_after_seconds(self.admission.waiting + 1, self.admission.capacity, per_request)
+
+    def _report_block(self, route: str, seconds: float) -> None:
+        count = self._blocks.due(route, self.clock())
+        if count is not None:
+            log.warning(
+                "event_loop_blocked",
+                route=route,
+                seconds=round(seconds, 3),
+                blocks=count,
+                threshold=self.meter.block_threshold,
+                pid=os.getpid(),
+                hint="CPU work in a gevent worker holds every other request of this worker",
+            )
+
+    def _start_watcher(self) -> None:
+        """A greenlet that checks pool pressure while no request arrives (gevent only)."""
+        if self._watcher is not None:
+            return
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
+            self._watcher = False  # not in a gevent worker: per-request checks only
+            return
+        import gevent
+
+        def watch() -> None:
+            while True:
+                gevent.sleep(self.settings.pressure_interval)
+                self.telemetry.observe(self.admission.waiting)
+
+        self._watcher = gevent.spawn(watch)
+
+    def stats(self) -> dict[str, Any]:
+        """All numbers of this worker, for ``GuniTune.stats()`` and the stats endpoint."""
+        worker = runtime.current()
+        window: dict[str, Any] | None = None
+        if worker is not None:
+            w = worker.window
+            window = {
+                "window": w.window,
+                "capacity": w.capacity,
+                "planned_capacity": worker.planned_capacity,
+                "cpu_per_request_ms": round(w.cpu_per_request * 1000, 3),
+                "adaptive": worker.adaptive,
+            }
+        return {
+            "pid": os.getpid(),
+            "admission": self.admission.stats(),
+            "accept_window": window,
+            "routes": self.profiles.snapshot(),
+            "pool": self.telemetry.stats(),
+        }

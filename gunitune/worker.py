@@ -1,0 +1,156 @@
+"""A Gunicorn gevent worker whose accept loop gunitune steers.
+
+Gunicorn's gevent worker wraps each listener in ``gevent.pool.Pool(worker_connections)``
+and stops accepting while the pool is full, so further connections wait in the
+kernel backlog where any idle worker can take them. That gate is the only place
+where a limit can move work to another worker: a limit applied after accept
+cannot. This worker keeps Gunicorn's gevent worker as it is and makes the gate
+adaptive (:class:`gunitune.core.limits.AcceptWindow`): as wide as the SQLAlchemy
+pool for IO-bound work, as narrow as the CPU lane for CPU-bound work.
+
+It also fixes what the stock worker leaves to chance:
+
+* the heartbeat (a file touch the arbiter watches) runs on the same event loop
+  as the requests, so CPU-bound requests starve it and the arbiter kills a
+  worker that is working. Here every finished request proves progress and
+  touches the file; a request stuck longer than ``timeout`` still gets killed.
+* psycopg2 is made green (a gevent wait callback) before the app is loaded.
+* engines inherited from a preloading master are disposed without closing the
+  master's connections.
+
+Select it with ``worker_class = "gunitune.worker.GuniTuneWorker"``, which
+``gunitune.conf`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import structlog
+from gevent.pool import Pool
+from gunicorn.workers import base, ggevent
+
+from gunitune import engines as engine_facts
+from gunitune import green, runtime
+from gunitune.core.errors import GunituneError
+from gunitune.core.limits import AcceptWindow
+from gunitune.core.settings import Settings
+
+__all__ = ["GatedPool", "GuniTuneWorker"]
+
+log = structlog.get_logger("gunitune")
+
+# Exit code that makes the arbiter stop instead of respawning forever.
+_WORKER_BOOT_ERROR = 3
+
+
+class GatedPool(Pool):  # type: ignore[misc]  # gevent is untyped
+    """A gevent ``Pool`` that reports itself full at the adaptive window.
+
+    Its semaphore keeps the worker's fixed ``size`` (Gunicorn's graceful
+    shutdown compares ``free_count()`` with ``size``); only ``full()``, which the
+    accept loop checks before each accept, follows the window.
+    """
+
+    def __init__(self, size: int, window: AcceptWindow) -> None:
+        super().__init__(size)
+        self.window = window
+
+    def full(self) -> bool:
+        """True when the worker holds as many connections as its window allows."""
+        return bool(len(self) >= min(self.size, self.window.window))
+
+
+class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
+    """Gunicorn's gevent worker with an adaptive accept gate and a progress heartbeat."""
+
+    def init_process(self) -> None:
+        """Set up the gate and the green driver, then hand over to Gunicorn (never returns)."""
+        self.settings = Settings.from_sources(os.environ)
+        budget = self.settings.cpu_budget or max(0.5, self.cfg.timeout / 10)
+        # The pool's fixed size is a ceiling the window never needs to pass: the
+        # real engine may be larger than what the config module planned.
+        self.gate_size = max(self.worker_connections, 10_000)
+        self.window = AcceptWindow(
+            capacity=self.worker_connections,
+            floor=self.settings.cpu_concurrency,
+            cpu_budget=budget,
+        )
+        runtime.register(
+            runtime.WorkerRuntime(
+                window=self.window,
+                heartbeat=self.heartbeat,
+                planned_capacity=self.worker_connections,
+                adaptive=self.settings.adaptive,
+            )
+        )
+        green.make_psycopg2_green()
+        if self.cfg.preload_app:
+            disposed = engine_facts.dispose_after_fork(engine_facts.find_engines())
+            if disposed:
+                log.info("engines_disposed_after_fork", pid=self.pid, engines=disposed)
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Load the app, then size the gate from its real engines and check the driver."""
+        super().load_wsgi()
+        try:
+            self._follow_app_engines()
+        except GunituneError as exc:
+            # One clear line, then an exit code that stops the arbiter: every
+            # worker would fail the same way.
+            print(f"gunitune: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(_WORKER_BOOT_ERROR)
+
+    def _follow_app_engines(self) -> None:
+        engines = engine_facts.find_engines()
+        capacity = engine_facts.total_capacity(engines)
+        if capacity is not None and capacity != self.window.capacity:
+            log.warning(
+                "worker_follows_engine",
+                pid=self.pid,
+                planned_worker_connections=self.window.capacity,
+                engine_capacity=capacity,
+                engines=[engine_facts.describe(e) for e in engines],
+                why="the app's real pool differs from GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW;"
+                " this worker accepts what its real pool can serve",
+            )
+            self.window.resize(capacity)
+        if self.settings.green_check != "off":
+            for engine in engines:
+                if engine.dialect.name != "postgresql":
+                    continue
+                url = engine.url.render_as_string(hide_password=False)
+                check = green.check_driver_yields(url)
+                if check.yields:
+                    continue
+                if self.settings.green_check == "error":
+                    raise GunituneError(check.message)
+                log.warning("driver_not_green", pid=self.pid, message=check.message)
+
+    def run(self) -> None:
+        """Run Gunicorn's gevent worker loop with the gated pool in place of its Pool."""
+        # Gunicorn builds one Pool(worker_connections) per listener inside run();
+        # this process is a forked child, so rebinding the module name is local to it.
+        ggevent.Pool = self._make_pool
+        super().run()
+
+    def _make_pool(self, size: int) -> GatedPool:
+        return GatedPool(max(size, self.gate_size), self.window)
+
+    def handle_request(self, *args: Any) -> None:
+        """Serve one request, then touch the heartbeat: a finished request is progress."""
+        try:
+            super().handle_request(*args)
+        finally:
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Tell the arbiter this worker is alive (a file touch; safe from any greenlet).
+
+        ``GeventWorker.notify`` also exits when the parent changed, which must
+        not happen inside a request greenlet; the run loop still does that check.
+        """
+        base.Worker.notify(self)
