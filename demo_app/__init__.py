@@ -10,6 +10,8 @@ environment so tests and benchmarks can run the same storm smaller:
   pool (SQLAlchemy's defaults 5 / 10 / 30 when unset).
 * ``DEMO_GUNITUNE`` (default on): attach the gunitune extension; ``off`` serves the
   same app bare, as the stock and hand-tuned benchmark configurations do.
+* ``DEMO_GREEN`` (default on): make psycopg2 cooperative under gevent, as any
+  gevent + psycopg2 app does with psycogreen; ``off`` shows what happens without.
 """
 
 from __future__ import annotations

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 from flask import Flask, Response
 from flask_sqlalchemy import SQLAlchemy
+from gevent import monkey
 from sqlalchemy import text
 
 from demo_app.logging_setup import configure_logging
 from gunitune import GuniTune
 from gunitune.core.urls import mask_url, normalize_url
+from gunitune.green import make_psycopg2_green
 
 IO_BODY = "hello there!\n"
 
@@ -31,6 +33,13 @@ def _number(environ: Mapping[str, str], key: str, default: float, *, integer: bo
     return value
 
 
+def _on_off(environ: Mapping[str, str], key: str) -> bool:
+    raw = environ.get(key, "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise ValueError(f"{key}={raw!r} is invalid: expected on or off")
+    return raw == "on"
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything the demo reads from its environment, validated."""
@@ -42,6 +51,7 @@ class DemoConfig:
     max_overflow: int = 10
     pool_timeout: float = 30.0
     gunitune: bool = True
+    green: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> DemoConfig:
@@ -52,9 +62,7 @@ class DemoConfig:
                 "DATABASE_URL is not set: export DATABASE_URL=postgresql://user:password@host:5432/db"
             )
         url, _driver = normalize_url(url)
-        flag = environ.get("DEMO_GUNITUNE", "on").strip().lower()
-        if flag not in ("on", "off"):
-            raise ValueError(f"DEMO_GUNITUNE={flag!r} is invalid: expected on or off")
+        flag = _on_off(environ, "DEMO_GUNITUNE")
         max_overflow_raw = environ.get("DEMO_MAX_OVERFLOW", "").strip()
         return cls(
             database_url=url,
@@ -66,13 +74,18 @@ class DemoConfig:
             if max_overflow_raw == "-1"
             else int(_number(environ, "DEMO_MAX_OVERFLOW", 10, integer=True)),
             pool_timeout=_number(environ, "DEMO_POOL_TIMEOUT", 30.0, integer=False),
-            gunitune=flag == "on",
+            gunitune=flag,
+            green=_on_off(environ, "DEMO_GREEN"),
         )
 
 
 def create_app(config: DemoConfig) -> Flask:
     """The seed's app with the given configuration."""
     configure_logging()
+    if config.green and monkey.is_module_patched("socket"):
+        # What every gevent + psycopg2 app does (psycogreen's patch), gunitune or not:
+        # the stock and hand-tuned configurations are compared with it in place.
+        make_psycopg2_green()
     app = Flask("demo_app")
     app.config["SQLALCHEMY_DATABASE_URI"] = config.database_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {

@@ -123,9 +123,16 @@ class Admission:
                 self.rejected += 1
                 raise Rejected("CPU lane busy", self._clock() - start)
             self.cpu_running += 1
-            if self.heartbeat is not None:
-                self.heartbeat()
-            self._yield()
+            try:
+                if self.heartbeat is not None:
+                    self.heartbeat()
+                self._yield()
+            except BaseException:
+                # No ticket exists yet, so nobody else could give these back.
+                self.cpu_running -= 1
+                self._lane.release()
+                self._slots.release()
+                raise
         self.in_flight += 1
         self.admitted += 1
         now = self._clock()
@@ -133,13 +140,15 @@ class Admission:
 
     def release(self, ticket: Ticket) -> None:
         """Give the slot (and the lane) back."""
-        if ticket.cpu_lane:
-            self.cpu_running -= 1
-            self._lane.release()
-            if self.heartbeat is not None:
-                self.heartbeat()
-        self.in_flight -= 1
-        self._slots.release()
+        try:
+            if ticket.cpu_lane:
+                self.cpu_running -= 1
+                self._lane.release()
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+        if ticket.cpu_lane and self.heartbeat is not None:
+            self.heartbeat()
 
     def stats(self) -> dict[str, int | float]:
         """Counters for :meth:`gunitune.GuniTune.stats`."""

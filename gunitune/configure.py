@@ -63,9 +63,10 @@ def _workers_from_env(settings: Settings, environ: Mapping[str, str]) -> int | N
     raw = environ.get("WEB_CONCURRENCY", "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    workers = int(raw) if raw.isascii() and raw.isdigit() else 0
+    if workers < 1:
         raise ConfigError(f"WEB_CONCURRENCY={raw!r} is invalid: expected an integer >= 1")
-    return int(raw)
+    return workers
 
 
 def derive(environ: Mapping[str, str], cpus: CpuCount | None = None) -> Derived:

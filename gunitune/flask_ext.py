@@ -23,7 +23,7 @@ from gunitune.admission import Admission
 from gunitune.core.errors import ConfigError
 from gunitune.core.limits import RouteProfiles
 from gunitune.core.pressure import PressureMonitor
-from gunitune.core.settings import Settings
+from gunitune.core.settings import Settings, reject_unknown
 from gunitune.cpu_meter import GreenletCpuMeter
 from gunitune.http import Overloaded, stats_view
 from gunitune.request_cycle import RequestCycle
@@ -105,7 +105,7 @@ class GuniTune:
             settings=settings,
             admission=admission,
             profiles=RouteProfiles(threshold=min(settings.cpu_bound_ratio, 1.0)),
-            meter=_process_meter(settings.block_threshold),
+            meter=_process_meter(),
             telemetry=PoolTelemetry(engines, PressureMonitor()),
             mode_of=lambda view: getattr(view, _MODE_ATTRIBUTE, None),
         )
@@ -113,6 +113,7 @@ class GuniTune:
         self._cycles[id(app)] = cycle
         app.before_request(cycle.before_request)
         app.teardown_request(cycle.teardown_request)
+        app.after_request(cycle.after_request)
         if settings.stats_path:
             view = stats_view(self.stats, app, settings.stats_token)
             app.add_url_rule(settings.stats_path, "gunitune_stats", self.exempt(view))
@@ -153,6 +154,7 @@ class GuniTune:
             if key in os.environ:
                 app.config.setdefault(key, os.environ[key])
         try:
+            reject_unknown(os.environ)
             return Settings.from_sources(app.config)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in app.config or the environment)") from None
@@ -172,11 +174,11 @@ class GuniTune:
 _meter: GreenletCpuMeter | None = None
 
 
-def _process_meter(block_threshold: float) -> GreenletCpuMeter:
+def _process_meter() -> GreenletCpuMeter:
     """One switch tracer per process, shared by every app in it."""
     global _meter
     if _meter is None:
-        _meter = GreenletCpuMeter(block_threshold=block_threshold)
+        _meter = GreenletCpuMeter()
         _meter.install()
     return _meter
 

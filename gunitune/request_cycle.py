@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from gunitune import runtime
 from gunitune.admission import Admission, Rejected
@@ -27,6 +27,7 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _G_KEY = "_gunitune_in_flight"
+_G_SHED = "_gunitune_shed_retry_after"
 # Loop-block reports: at most one event per route in this many seconds.
 _BLOCK_REPORT_INTERVAL = 10.0
 
@@ -80,10 +81,19 @@ class RequestCycle:
         except Rejected as exc:
             self.telemetry.record_shed()
             self.telemetry.observe(self.admission.waiting)
-            raise Overloaded(self._retry_after(route), exc.reason, exc.waited) from None
+            retry_after = self._retry_after(route)
+            setattr(g, _G_SHED, retry_after)
+            raise Overloaded(retry_after, exc.reason, exc.waited) from None
         self.telemetry.record_wait(ticket.waited)
         setattr(g, _G_KEY, _InFlight(route, ticket))
         self.meter.start(route)
+
+    def after_request(self, response: Response) -> Response:
+        """Keep ``Retry-After`` on a shed request even when the app renders its own 503."""
+        retry_after = g.pop(_G_SHED, None)
+        if retry_after is not None and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     def teardown_request(self, _exc: BaseException | None) -> None:
         """Release the slot, learn from the request, report pressure and loop blocks."""
@@ -98,7 +108,7 @@ class RequestCycle:
         worker = runtime.current()
         if worker is not None and worker.adaptive:
             worker.window.on_sample(cpu, wall)
-        if account is not None and account.longest_slice >= self.meter.block_threshold:
+        if account is not None and account.longest_slice >= self.settings.block_threshold:
             self._report_block(state.route, account.longest_slice)
         self.telemetry.observe(self.admission.waiting)
 
@@ -117,7 +127,7 @@ class RequestCycle:
                 route=route,
                 seconds=round(seconds, 3),
                 blocks=count,
-                threshold=self.meter.block_threshold,
+                threshold=self.settings.block_threshold,
                 pid=os.getpid(),
                 hint="CPU work in a gevent worker holds every other request of this worker",
             )

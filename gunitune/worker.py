@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+from gevent.hub import get_hub
+from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gunicorn.workers import base, ggevent
 
@@ -46,17 +49,62 @@ log = structlog.get_logger("gunitune")
 _WORKER_BOOT_ERROR = 3
 
 
+class _GateSemaphore:
+    """The pool's semaphore, as the accept loop sees it.
+
+    When the pool is full, gevent's server stops accepting and ``rawlink``s a
+    callback on the pool's semaphore to resume. A plain semaphore calls it as
+    soon as it has a permit, which with a window narrower than the pool's size
+    is at once: the server would re-arm accept on every loop turn, spinning a
+    core while connections wait. Here a link fires once, when the pool is
+    below its window again.
+    """
+
+    def __init__(self, size: int, pool: GatedPool) -> None:
+        self._inner = Semaphore(size)
+        self._pool = pool
+        self._links: list[Callable[[Any], None]] = []
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return bool(self._inner.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._inner.release()
+        self.notify_if_open()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return int(self._inner.wait(timeout))
+
+    def rawlink(self, callback: Callable[[Any], None]) -> None:
+        if callback not in self._links:
+            self._links.append(callback)
+        self.notify_if_open()
+
+    def unlink(self, callback: Callable[[Any], None]) -> None:
+        if callback in self._links:
+            self._links.remove(callback)
+
+    def notify_if_open(self) -> None:
+        """Resume whoever waits for room, if the pool is below its window."""
+        if self._links and not self._pool.full():
+            links, self._links = self._links, []
+            loop = get_hub().loop
+            for callback in links:
+                loop.run_callback(callback, self)
+
+
 class GatedPool(Pool):  # type: ignore[misc]  # gevent is untyped
     """A gevent ``Pool`` that reports itself full at the adaptive window.
 
-    Its semaphore keeps the worker's fixed ``size`` (Gunicorn's graceful
-    shutdown compares ``free_count()`` with ``size``); only ``full()``, which the
-    accept loop checks before each accept, follows the window.
+    ``size`` stays the worker's fixed ceiling (Gunicorn's graceful shutdown
+    compares ``free_count()`` with it); ``full()``, which the accept loop checks
+    before each accept, and the semaphore's links follow the window.
     """
 
     def __init__(self, size: int, window: AcceptWindow) -> None:
         super().__init__(size)
         self.window = window
+        self._semaphore = _GateSemaphore(size, self)
 
     def full(self) -> bool:
         """True when the worker holds as many connections as its window allows."""
@@ -74,7 +122,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         # real engine may be larger than what the config module planned.
         self.gate_size = max(self.worker_connections, 10_000)
         self.window = AcceptWindow(
-            capacity=self.worker_connections,
+            capacity=self.worker_connections + self.settings.overcommit,
             floor=self.settings.cpu_concurrency,
             cpu_budget=budget,
         )
@@ -107,17 +155,17 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
     def _follow_app_engines(self) -> None:
         engines = engine_facts.find_engines()
         capacity = engine_facts.total_capacity(engines)
-        if capacity is not None and capacity != self.window.capacity:
+        if capacity is not None and capacity != self.worker_connections:
             log.warning(
                 "worker_follows_engine",
                 pid=self.pid,
-                planned_worker_connections=self.window.capacity,
+                planned_worker_connections=self.worker_connections,
                 engine_capacity=capacity,
                 engines=[engine_facts.describe(e) for e in engines],
                 why="the app's real pool differs from GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW;"
                 " this worker accepts what its real pool can serve",
             )
-            self.window.resize(capacity)
+            self.window.resize(capacity + self.settings.overcommit)
         if self.settings.green_check != "off":
             for engine in engines:
                 if engine.dialect.name != "postgresql":

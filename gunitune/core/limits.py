@@ -42,6 +42,7 @@ class AcceptWindow:
     cpu_per_request: float = 0.0
     samples: int = 0
     window: int = field(init=False)
+    _wanted_floor: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -50,6 +51,7 @@ class AcceptWindow:
             raise ValueError(f"floor={self.floor} is invalid: expected an integer >= 1")
         if not self.cpu_budget > 0:
             raise ValueError(f"cpu_budget={self.cpu_budget} is invalid: expected a number > 0")
+        self._wanted_floor = self.floor
         self.floor = min(self.floor, self.capacity)
         # Start open: the IO-safe ceiling is what the hand-tuned fix uses, and the
         # first CPU-bound sample closes the window within one request.
@@ -79,7 +81,7 @@ class AcceptWindow:
         if capacity < 1:
             raise ValueError(f"capacity={capacity} is invalid: expected an integer >= 1")
         self.capacity = capacity
-        self.floor = min(self.floor, capacity)
+        self.floor = min(self._wanted_floor, capacity)
         self.window = self.target()
         return self.window
 

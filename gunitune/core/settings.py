@@ -174,6 +174,12 @@ class Settings:
         "Longest wait for an admission slot before a 503; auto: half the pool's timeout "
         "(always below it, so no request reaches SQLAlchemy's QueuePool timeout).",
     )
+    overcommit = Setting(
+        _int_at_least(0), 0,
+        "Connections a worker accepts beyond its pool's capacity. They queue for a slot up to "
+        "GUNITUNE_QUEUE_TIMEOUT, then get 503 + Retry-After: fast refusals instead of waiting "
+        "in the kernel backlog (useful behind a load balancer that retries elsewhere).",
+    )
     retry_after = Setting(
         _auto(_int_at_least(1)), None,
         "Retry-After seconds on a 503; auto: estimated from the queue and recent latency.",
@@ -242,6 +248,10 @@ class Settings:
         values = dict(self.values)
         declared = {s.name: s for s in self.declared()}
         for name, raw in changes.items():
+            if name not in declared:
+                close = difflib.get_close_matches(name, list(declared), n=1)
+                hint = f"did you mean {close[0]}?" if close else "see `gunitune settings`"
+                raise ConfigError(f"{name}={raw!r} is not a gunitune setting: {hint}")
             values[name] = declared[name].parse(raw)
         return Settings(values)
 

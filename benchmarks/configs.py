@@ -1,0 +1,197 @@
+"""What the storm benchmark runs: its settings, the server configurations, the scenarios.
+
+Three configurations of the same demo app, side by side:
+
+* ``stock``: ``-k gevent`` with Gunicorn's defaults (1 worker, 1000 worker
+  connections), the app without gunitune. What the seed ran.
+* ``hand-tuned``: the seed's manual fix, ``-k gevent`` with ``workers = CPUs + 1``
+  and ``worker_connections = pool_size + max_overflow``, still without gunitune.
+* ``gunitune``: ``-c python:gunitune.conf`` and the extension on.
+
+Every configuration gets the same demo app, pool and worker timeout, and
+Gunicorn's control socket off (parallel servers would fight over one path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from benchmarks.server import control_socket_disable_args, stock_args
+
+__all__ = [
+    "CONFIG_NAMES",
+    "DEFAULTS",
+    "QUICK",
+    "SCENARIO_NAMES",
+    "BenchSettings",
+    "Scenario",
+    "ServerConfig",
+    "build_configs",
+    "make_scenario",
+    "server_environ",
+]
+
+CONFIG_NAMES = ("stock", "hand-tuned", "gunitune")
+SCENARIO_NAMES = ("io", "cpu", "mixed", "hello")
+IO_BODY = b"hello there!\n"
+FAST_BODY = b"1\n"
+APP = "demo_app:app"
+
+# Variables that would silently change a configuration if inherited from the shell.
+_INHERITED_PREFIXES = ("GUNITUNE_", "DEMO_")
+_INHERITED_NAMES = ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One benchmark invocation's parameters (seconds unless noted)."""
+
+    requests: int = 3000
+    io_seconds: float = 5.0
+    cpu_loop: int = 100_000_000
+    workers: int | None = None
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    timeout: int = 30
+    deadline: float = 600.0
+    global_deadline: float = 4800.0
+    trickle_rate: float = 5.0
+    hello_concurrency: int = 50
+    wrk_duration: float = 10.0
+    quick: bool = False
+
+    @property
+    def connections_per_worker(self) -> int:
+        """What one worker's pool can hold (unlimited overflow counted as pool_size)."""
+        return self.pool_size + max(self.max_overflow, 0)
+
+
+DEFAULTS = BenchSettings()
+
+# Small enough for CI (~1.5 min for io+cpu) yet each knob still breaks stock for a
+# real reason: 300 concurrent /io requests need 60 s of pg_sleep that stock's
+# blocking driver serialises in one worker (killed after `timeout`); 300 /cpu
+# requests of ~0.05 s are 15 s of CPU hoarded by stock's single worker.  The pool
+# timeout stays generous: gunitune derives its 503 queue timeout from it (half),
+# and 1 s would shed CPU work this box can still finish in ~8 s.
+QUICK = dataclasses.replace(
+    DEFAULTS,
+    requests=300,
+    io_seconds=0.2,
+    cpu_loop=3_000_000,
+    pool_timeout=10.0,
+    timeout=10,
+    deadline=120.0,
+    global_deadline=900.0,
+    trickle_rate=20.0,
+    wrk_duration=3.0,
+    quick=True,
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to start one configuration with ``benchmarks.server.GunicornProcess``."""
+
+    name: str
+    description: str
+    config: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def demo_env(s: BenchSettings) -> dict[str, str]:
+    """The demo app's ``DEMO_*`` environment (identical for every configuration)."""
+    return {
+        "DEMO_POOL_SIZE": str(s.pool_size),
+        "DEMO_MAX_OVERFLOW": str(s.max_overflow),
+        "DEMO_POOL_TIMEOUT": str(s.pool_timeout),
+        "DEMO_IO_SECONDS": str(s.io_seconds),
+        "DEMO_CPU_LOOP": str(s.cpu_loop),
+    }
+
+
+def build_configs(s: BenchSettings, cpus: int, only: tuple[str, ...] = CONFIG_NAMES) -> list[
+    ServerConfig
+]:
+    """The configurations named in ``only``, in ``CONFIG_NAMES`` order."""
+    app_env = demo_env(s)
+    hand_workers = s.workers if s.workers is not None else cpus + 1
+    gunitune_env = {
+        **app_env,
+        "DEMO_GUNITUNE": "on",
+        "GUNITUNE_POOL_SIZE": str(s.pool_size),
+        "GUNITUNE_MAX_OVERFLOW": str(s.max_overflow),
+        "GUNITUNE_POOL_TIMEOUT": str(s.pool_timeout),
+        "GUNITUNE_TIMEOUT": str(s.timeout),
+    }
+    if s.workers is not None:
+        gunitune_env["GUNITUNE_WORKERS"] = str(s.workers)
+    configs = [
+        ServerConfig(
+            "stock",
+            "-k gevent, Gunicorn defaults (1 worker, 1000 worker connections)",
+            None,
+            tuple(stock_args(timeout=s.timeout)),
+            {**app_env, "DEMO_GUNITUNE": "off"},
+        ),
+        ServerConfig(
+            "hand-tuned",
+            f"-k gevent, {hand_workers} workers, {s.connections_per_worker} worker connections",
+            None,
+            tuple(stock_args(hand_workers, s.connections_per_worker, s.timeout)),
+            {**app_env, "DEMO_GUNITUNE": "off"},
+        ),
+        ServerConfig(
+            "gunitune",
+            "-c python:gunitune.conf, GuniTune extension on",
+            "python:gunitune.conf",
+            control_socket_disable_args(),
+            gunitune_env,
+        ),
+    ]
+    return [c for c in configs if c.name in only]
+
+
+def server_environ(config: ServerConfig, database_url: str) -> dict[str, str]:
+    """This process's environment without inherited tuning knobs, plus the config's."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
+    }
+    return {**base, "PYTHONUNBUFFERED": "1", **config.env, "DATABASE_URL": database_url}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A load shape: a storm on ``path``, optionally with a trickle on ``trickle_path``."""
+
+    name: str
+    path: str
+    expected_body: bytes
+    trickle_path: str | None = None
+    trickle_body: bytes | None = None
+    closed_loop: bool = False  # hello: fixed requests at moderate concurrency
+
+
+def cpu_body(cpu_loop: int) -> bytes:
+    """``str(sum(range(n)))`` as the demo returns it, without spending the CPU."""
+    return str(cpu_loop * (cpu_loop - 1) // 2 if cpu_loop > 0 else 0).encode()
+
+
+def make_scenario(name: str, s: BenchSettings) -> Scenario:
+    """The scenario called ``name`` for these settings."""
+    if name == "io":
+        return Scenario("io", "/io", IO_BODY)
+    if name == "cpu":
+        return Scenario("cpu", "/cpu", cpu_body(s.cpu_loop))
+    if name == "mixed":
+        return Scenario("mixed", "/io", IO_BODY, "/fast", FAST_BODY)
+    if name == "hello":
+        return Scenario("hello", "/hello", IO_BODY, closed_loop=True)
+    raise ValueError(f"unknown scenario {name!r}: expected one of {', '.join(SCENARIO_NAMES)}")

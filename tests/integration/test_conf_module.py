@@ -1,0 +1,117 @@
+"""``gunicorn -c python:gunitune.conf`` against a real PostgreSQL and real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.loadclient import run_storm
+from benchmarks.postgres import PostgresCluster
+from benchmarks.server import free_port
+from tests.integration.conftest import GunicornFactory
+
+REPO = Path(__file__).resolve().parents[2]
+IO_BODY = b"hello there!\n"
+
+
+def _gunicorn_exits(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a Gunicorn that is expected to refuse to start; return its result."""
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:gunitune.conf"]
+    command += ["-b", f"127.0.0.1:{free_port()}", *args, "demo_app:app"]
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _base_env(postgres: PostgresCluster) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNITUNE_")}
+    env["DATABASE_URL"] = postgres.url
+    return env
+
+
+def test_1000_concurrent_io_requests_all_answer(gunicorn: GunicornFactory) -> None:
+    server = gunicorn(config="python:gunitune.conf", env={"DEMO_IO_SECONDS": "0.5"})
+    results = run_storm("127.0.0.1", server.port, "/io", 1000, expected_body=IO_BODY, timeout=120)
+    bad = [r for r in results if r.status != 200 or not r.body_ok]
+    assert not bad, f"{len(bad)} bad responses, first: {bad[0]}"
+    assert server.count("QueuePool limit") == 0
+    assert server.count("WORKER TIMEOUT") == 0
+    assert server.count('"gunitune_config"') + server.count("gunitune_config") >= 1
+
+
+def test_short_form_config_file_and_command_line_wins(gunicorn: GunicornFactory) -> None:
+    server = gunicorn(
+        config="demo_app/gunitune.conf",
+        args=["--workers", "2"],
+        env={"DEMO_IO_SECONDS": "0"},
+        probe_path="/io",
+    )
+    assert len(server.worker_pids()) == 2
+    assert server.count("command_line_overrides") == 1
+    results = run_storm("127.0.0.1", server.port, "/io", 20, expected_body=IO_BODY)
+    assert all(r.body_ok for r in results)
+
+
+def test_budget_check_refuses_too_many_connections(postgres: PostgresCluster) -> None:
+    # The session cluster allows 200 connections; 20 workers x 15 need 300.
+    env = _base_env(postgres) | {"GUNITUNE_WORKERS": "20"}
+    done = _gunicorn_exits(env)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
+    assert len(lines) == 1, done.stderr
+    assert "20 workers x 15 connections = 300 needed" in lines[0]
+    assert "max_connections=200" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert postgres.password not in done.stderr + done.stdout
+
+
+def test_budget_check_warn_starts_anyway(gunicorn: GunicornFactory) -> None:
+    server = gunicorn(
+        config="python:gunitune.conf",
+        env={"GUNITUNE_WORKERS": "20", "GUNITUNE_BUDGET_CHECK": "warn", "DEMO_IO_SECONDS": "0"},
+        ready_timeout=120,
+    )
+    assert server.count("postgres_budget") >= 1
+    assert server.count("300 needed") == 1
+
+
+def test_unreachable_database_is_one_line(postgres: PostgresCluster) -> None:
+    url = f"postgresql://gunitune:{postgres.password}@127.0.0.1:{free_port()}/gunitune"
+    done = _gunicorn_exits(_base_env(postgres) | {"DATABASE_URL": url})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
+    assert len(errors) == 1 and "cannot reach DATABASE_URL" in errors[0], done.stderr
+    assert postgres.password not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (
+            "GUNITUNE_POOL_SIZE",
+            "many",
+            "GUNITUNE_POOL_SIZE='many' is invalid: expected an integer >= 0",
+        ),
+        (
+            "GUNITUNE_POOL_SIZ",
+            "5",
+            "GUNITUNE_POOL_SIZ is not a gunitune setting: did you mean GUNITUNE_POOL_SIZE?",
+        ),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY='0' is invalid: expected an integer >= 1"),
+    ],
+)
+def test_bad_setting_is_one_line(
+    postgres: PostgresCluster, key: str, value: str, expected: str
+) -> None:
+    done = _gunicorn_exits(_base_env(postgres) | {key: value})
+    assert done.returncode == 2, done.stderr
+    assert f"gunitune: error: {expected}" in done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
