@@ -115,9 +115,9 @@ def demo_env(s: BenchSettings) -> dict[str, str]:
     }
 
 
-def build_configs(s: BenchSettings, cpus: int, only: tuple[str, ...] = CONFIG_NAMES) -> list[
-    ServerConfig
-]:
+def build_configs(
+    s: BenchSettings, cpus: int, only: tuple[str, ...] = CONFIG_NAMES
+) -> list[ServerConfig]:
     """The configurations named in ``only``, in ``CONFIG_NAMES`` order."""
     app_env = demo_env(s)
     hand_workers = s.workers if s.workers is not None else cpus + 1

@@ -102,10 +102,27 @@ def test_stock_settings_fail_the_io_storm(gunicorn: GunicornFactory) -> None:
     assert server.count("QueuePool limit") > 0
 
 
-def test_stock_settings_fail_the_cpu_storm(gunicorn: GunicornFactory) -> None:
+# A storm that stock settings cannot survive: one worker hoards 100 requests of
+# about 0.4 s CPU each, 40 s of work, and the arbiter's timeout is 5 s.
+HOARD_LOOP = 20_000_000
+HOARD_BODY = str(sum(range(HOARD_LOOP))).encode()
+
+
+def test_stock_settings_fail_the_hoarding_cpu_storm(gunicorn: GunicornFactory) -> None:
     server = gunicorn(
-        args=stock_args(timeout=10), env={"DEMO_GUNITUNE": "off", "DEMO_CPU_LOOP": str(CPU_LOOP)}
+        args=stock_args(timeout=5), env={"DEMO_GUNITUNE": "off", "DEMO_CPU_LOOP": str(HOARD_LOOP)}
     )
-    results = run_storm("127.0.0.1", server.port, "/cpu", 300, expected_body=CPU_BODY, timeout=90)
+    results = run_storm("127.0.0.1", server.port, "/cpu", 100, expected_body=HOARD_BODY, timeout=90)
     assert server.count("WORKER TIMEOUT") >= 1
     assert _bad(results), "stock settings served the hoarded CPU storm cleanly"
+
+
+def test_gunitune_survives_the_hoarding_cpu_storm(gunicorn: GunicornFactory) -> None:
+    server = gunicorn(
+        config="python:gunitune.conf",
+        env={"DEMO_CPU_LOOP": str(HOARD_LOOP), "GUNITUNE_TIMEOUT": "5"},
+    )
+    results = run_storm("127.0.0.1", server.port, "/cpu", 100, expected_body=HOARD_BODY, timeout=90)
+    bad = _bad(results)
+    assert not bad, f"{len(bad)} bad of 100, e.g. {bad[0]}"
+    assert server.count("WORKER TIMEOUT") == 0

@@ -1,0 +1,217 @@
+"""What the storm benchmark measures besides the client: the server side and the machine.
+
+* :class:`ServerProbe` polls, every 0.25 s in a background thread, the app's
+  database connections (``pg_stat_activity``) and the listening socket's accept
+  queue, and keeps the peaks.
+* :func:`cpu_seconds_per_request` times the ``/cpu`` route's work unloaded.
+* :class:`Progress` is the stderr progress line of a run in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import psycopg2
+
+__all__ = [
+    "Progress",
+    "ServerProbe",
+    "accept_queue",
+    "cpu_seconds_per_request",
+    "package_versions",
+]
+
+POLL_SECONDS = 0.25
+_APP_BACKENDS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+)
+
+
+def _accept_queue_proc(port: int) -> int | None:
+    # For a LISTEN socket (state 0A) the kernel reports the accept queue as rx_queue.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting in the accept queue of the socket listening on ``port``.
+
+    ``ss`` asks the kernel through netlink with the port as filter, which stays cheap
+    while thousands of sockets are open; /proc/net/tcp (a full text dump) is the fallback.
+    """
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+        queues = [int(line.split()[1]) for line in out.splitlines() if line.strip()]
+        if queues:
+            return max(queues)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pass
+    return _accept_queue_proc(port)
+
+
+class ServerProbe:
+    """Peak DB connections of the app's database and peak accept queue during a run."""
+
+    def __init__(self, database_url: str, port: int) -> None:
+        self.database_url = database_url
+        self.port = port
+        self.peak_db: int | None = None
+        self.peak_queue: int | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    def db_connections(self) -> int | None:
+        """Client backends on the app's database right now (not counting the probe)."""
+        try:
+            if self._conn is None:
+                self._conn = psycopg2.connect(
+                    self.database_url, connect_timeout=5, application_name="gunitune-bench-probe"
+                )
+                self._conn.autocommit = True
+            with self._conn.cursor() as cur:
+                cur.execute(_APP_BACKENDS)
+                return int(cur.fetchone()[0])
+        except psycopg2.Error:
+            # A full max_connections must not end the run: reconnect at the next sample.
+            self._close()
+            return None
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            db, queue = self.db_connections(), accept_queue(self.port)
+            if db is not None:
+                self.peak_db = max(self.peak_db or 0, db)
+            if queue is not None:
+                self.peak_queue = max(self.peak_queue or 0, queue)
+            self.samples += 1
+            self._stop.wait(POLL_SECONDS)
+
+    def start(self) -> ServerProbe:
+        """Open the probe's DB connection now (before the storm), then poll in a thread."""
+        self.db_connections()
+        self._thread = threading.Thread(target=self._run, name="server-probe", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling and close the probe's connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._close()
+
+
+_CPU_TIMER = """
+import json, sys, time
+n, reps = int(sys.argv[1]), int(sys.argv[2])
+times = []
+for _ in range(reps):
+    t = time.process_time()
+    sum(range(n))
+    times.append(time.process_time() - t)
+print(json.dumps(times))
+"""
+
+
+def cpu_seconds_per_request(cpu_loop: int, repetitions: int = 5, timeout: float = 600) -> float:
+    """Median CPU seconds of ``sum(range(cpu_loop))`` in a fresh interpreter.
+
+    A subprocess so this process's threads and imports don't disturb the timing;
+    process time, not wall time, so a busy neighbour doesn't inflate it.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _CPU_TIMER, str(cpu_loop), str(repetitions)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return float(statistics.median(json.loads(out.stdout)))
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of ``names`` ("missing" when not installed)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+class Progress:
+    """``[label] done/total ok N failed N 12.3s`` on stderr while a run is in flight.
+
+    A ticker thread redraws it so the clock moves while nothing completes (stock
+    waiting out a worker timeout). On a terminal the line is rewritten with ``\\r``;
+    elsewhere (CI logs) a plain line is printed every 10 s.
+    """
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total = label, total
+        self.done = self.ok = 0
+        self.started = time.monotonic()
+        self._tty = sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
+
+    def add(self, ok: bool) -> None:
+        """Count one finished request (called from the client's event loop)."""
+        self.done += 1
+        self.ok += ok
+
+    def line(self) -> str:
+        """The current progress text."""
+        elapsed = time.monotonic() - self.started
+        failed = self.done - self.ok
+        return (
+            f"[{self.label}] {self.done}/{self.total} ok {self.ok} failed {failed} {elapsed:.1f}s"
+        )
+
+    def _tick(self) -> None:
+        interval = 0.25 if self._tty else 10.0
+        while not self._stop.wait(interval):
+            self._draw()
+
+    def _draw(self, end: str = "") -> None:
+        if self._tty:
+            sys.stderr.write("\r" + self.line() + "\x1b[K" + end)
+        else:
+            sys.stderr.write(self.line() + "\n")
+        sys.stderr.flush()
+
+    def __enter__(self) -> Progress:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._draw(end="\n")

@@ -1,0 +1,245 @@
+"""One benchmark run: start a configuration, load it with a scenario, collect, stop.
+
+The load is the harness's one-attempt client (:func:`benchmarks.loadclient.request_once`):
+a storm opens every connection at once, one request each, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from benchmarks import report
+from benchmarks.configs import BenchSettings, Scenario, ServerConfig, server_environ
+from benchmarks.loadclient import RequestResult, request_once
+from benchmarks.probes import Progress, ServerProbe
+from benchmarks.server import GunicornProcess
+
+__all__ = ["libpq_url", "run_one"]
+
+HOST = "127.0.0.1"
+Results = list[RequestResult]
+
+
+def libpq_url(url: str) -> str:
+    """``postgres://`` / ``postgresql+driver://`` as the plain URL psycopg2 accepts."""
+    return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", url.strip())
+
+
+def _valid(r: RequestResult) -> bool:
+    return r.error is None and r.status == 200 and r.body_ok
+
+
+async def _storm(
+    port: int, scen: Scenario, s: BenchSettings, deadline: float, progress: Progress
+) -> tuple[Results, Results]:
+    end = time.monotonic() + deadline
+
+    async def one(path: str, i: int, body: bytes | None, counted: bool) -> RequestResult:
+        res = await request_once(
+            HOST, port, path, i, expected_body=body, timeout=end - time.monotonic()
+        )
+        if counted:
+            progress.add(_valid(res))
+        return res
+
+    # Every coroutine exists before the first runs: the connects go out together,
+    # like the seed's shell loop of background curls.
+    storm = asyncio.ensure_future(
+        asyncio.gather(*(one(scen.path, i, scen.expected_body, True) for i in range(s.requests)))
+    )
+    trickle: list[asyncio.Future[RequestResult]] = []
+    if scen.trickle_path is not None:
+        # Open loop until the storm is over: a stalled server shows up as latency,
+        # not as fewer /fast requests. It starts once the storm's connects are out.
+        start = time.monotonic() + min(0.5, s.io_seconds)
+        while not storm.done() and time.monotonic() < end:
+            due = start + len(trickle) / s.trickle_rate
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(storm), max(0.0, due - time.monotonic()))
+            if not storm.done():
+                coro = one(scen.trickle_path, len(trickle), scen.trickle_body, False)
+                trickle.append(asyncio.ensure_future(coro))
+    return list(await storm), list(await asyncio.gather(*trickle))
+
+
+async def _closed_loop(
+    port: int, scen: Scenario, s: BenchSettings, deadline: float, progress: Progress
+) -> Results:
+    # `hello`: a fixed number of requests, `hello_concurrency` in flight at a time,
+    # each on a fresh connection like the storms (keep-alive would flatter nobody).
+    end = time.monotonic() + deadline
+    todo = iter(range(s.requests))
+    results: Results = []
+
+    async def lane() -> None:
+        for i in todo:
+            res = await request_once(
+                HOST, port, scen.path, i, expected_body=scen.expected_body,
+                timeout=max(0.0, min(30.0, end - time.monotonic())),
+            )  # fmt: skip
+            progress.add(_valid(res))
+            results.append(res)
+
+    await asyncio.gather(*(lane() for _ in range(s.hello_concurrency)))
+    return sorted(results, key=lambda r: r.index)
+
+
+def _run_wrk(port: int, scen: Scenario, s: BenchSettings) -> dict[str, Any]:
+    url = f"http://{HOST}:{port}{scen.path}"
+    cmd = ["wrk", "-t2", f"-c{s.hello_concurrency}", f"-d{s.wrk_duration:g}s", "--latency", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=s.wrk_duration + 60)
+    return report.wrk_figures(report.parse_wrk(out.stdout))
+
+
+def _warm_up(server: GunicornProcess, timeout: float = 20) -> None:
+    """Wait until every worker has answered: the storm must not find one still importing."""
+    workers, seen = set(server.worker_pids()), set()
+    end = time.monotonic() + timeout
+
+    async def batch() -> None:
+        batch = [request_once(HOST, server.port, "/hello", i, timeout=5) for i in range(20)]
+        for res in await asyncio.gather(*batch):
+            seen.add(int(res.headers.get("x-served-by", "0")))
+
+    while not workers <= seen and time.monotonic() < end:
+        asyncio.run(batch())
+
+
+def _drain(url: str, own_cluster: bool, wait: float) -> int:
+    """Wait for the last run's DB sessions to end; returns how many were left over.
+
+    A killed worker's backend sleeps on in pg_sleep; in our own cluster it is
+    terminated so the next run's peak counts only its own connections.
+    """
+    sql = (
+        "SELECT {} FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    end = time.monotonic() + wait
+    with contextlib.closing(psycopg2.connect(url, connect_timeout=10)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while True:
+                cur.execute(sql.format("count(*)"))
+                left = int(cur.fetchone()[0])
+                if not left or time.monotonic() > end:
+                    break
+                time.sleep(0.25)
+            if left and own_cluster:
+                cur.execute(sql.format("pg_terminate_backend(pid)"))
+    return left
+
+
+def _limit(
+    scen: Scenario, s: BenchSettings, workers: int, cores: int, cpu: float | None
+) -> float | None:
+    if scen.name in ("io", "mixed") and s.max_overflow >= 0:
+        return report.io_limit(workers, s.connections_per_worker, s.io_seconds)
+    if scen.name == "cpu" and cpu is not None:
+        return report.cpu_limit(cores, cpu)
+    return None
+
+
+def _measure(
+    server: GunicornProcess,
+    label: str,
+    scen: Scenario,
+    s: BenchSettings,
+    url: str,
+    deadline: float,
+    cores: int,
+    cpu_seconds: float | None,
+) -> dict[str, Any]:
+    run: dict[str, Any] = {}
+    workers = server.expected_workers or 1
+    probe = ServerProbe(url, server.port).start()
+    boots_before = server.count("Booting worker")
+    storm: Results | None = None
+    trickle: Results = []
+    try:
+        with Progress(label, s.requests) as progress:
+            if scen.closed_loop and shutil.which("wrk"):
+                run["storm"] = _run_wrk(server.port, scen, s)
+            elif scen.closed_loop:
+                storm = asyncio.run(_closed_loop(server.port, scen, s, deadline, progress))
+            else:
+                storm, trickle = asyncio.run(_storm(server.port, scen, s, deadline, progress))
+    finally:
+        probe.stop()
+    limit = _limit(scen, s, workers, cores, cpu_seconds)
+    if storm is not None:
+        run["storm"] = report.request_figures(storm, limit)
+    if scen.trickle_path is not None:
+        run["trickle_path"] = scen.trickle_path
+        run["trickle"] = report.request_figures(trickle, None)
+    # Counted as soon as the load is over: the shutdown must not add to them.
+    run["server"] = {
+        "worker_timeouts": server.count("WORKER TIMEOUT"),
+        "extra_worker_boots": server.count("Booting worker") - boots_before,
+        "queuepool_errors": server.count("QueuePool limit"),
+        "peak_db_connections": probe.peak_db,
+        "peak_accept_queue": probe.peak_queue,
+        "probe_samples": probe.samples,
+    }
+    run["workers"] = workers
+    run["db_connections_allowed"] = workers * s.connections_per_worker
+    return run
+
+
+def run_one(
+    server_config: ServerConfig,
+    scen: Scenario,
+    s: BenchSettings,
+    url: str,
+    *,
+    deadline: float,
+    log_path: Path,
+    cpu_seconds: float | None,
+    cores: int,
+    own_cluster: bool,
+) -> dict[str, Any]:
+    """Start ``server_config``, run ``scen`` against it within ``deadline`` s, stop it."""
+    run: dict[str, Any] = {"config": server_config.name, "scenario": scen.name}
+    if deadline < 10:
+        return {**run, "skipped": "global deadline reached"}
+    server = GunicornProcess(
+        config=server_config.config, args=server_config.args, log_path=log_path
+    )
+    # Built from scratch, not merged into os.environ: a GUNITUNE_* or DEMO_* left
+    # in the shell must not leak into the stock configuration.
+    server.env = server_environ(server_config, url)
+    try:
+        server.start(ready_timeout=min(60.0, deadline), probe_path="/hello")
+        _warm_up(server)
+    except (RuntimeError, TimeoutError) as exc:
+        # A configuration that cannot boot is a result, not a reason to drop the others.
+        server.stop(grace=5)
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {**run, "skipped": f"server did not start ({first_line}); log: {log_path}"}
+    try:
+        run.update(
+            _measure(
+                server,
+                f"{server_config.name} {scen.name}",
+                scen,
+                s,
+                url,
+                deadline,
+                cores,
+                cpu_seconds,
+            )
+        )
+        run.update(argv=server.argv[1:], log=str(log_path))
+    finally:
+        server.stop(grace=5)
+    run["server"]["leftover_db_connections"] = _drain(url, own_cluster, s.io_seconds + 5)
+    return run

@@ -1,0 +1,215 @@
+"""``python -m benchmarks.storm``: the seed's curl storm, repeatable and side by side.
+
+The seed was ``for i in $(seq 1 3000); do curl localhost:8001/io & done; time wait``.
+This runs that storm (and a CPU-bound one, a mixed one and a trivial one) against
+each configuration in :mod:`benchmarks.configs`, one after another on an idle
+machine, with a throwaway PostgreSQL unless ``DATABASE_URL`` is set, and writes
+``result.json``, ``report.md`` and ``storm.png`` under ``--out``. See
+benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from benchmarks import configs as cfg
+from benchmarks import report
+from benchmarks.configs import BenchSettings
+from benchmarks.postgres import start_cluster
+from benchmarks.probes import cpu_seconds_per_request, package_versions
+from benchmarks.runner import libpq_url, run_one
+from gunitune.core.cpus import usable_cpus
+
+__all__ = ["Options", "main", "parse_args", "run_benchmark"]
+
+_VERSIONS = ("gunicorn", "gevent", "greenlet", "sqlalchemy", "flask", "psycopg2-binary")
+# Time kept back from the global deadline for stopping servers and writing reports.
+_WRAP_UP_SECONDS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Parsed command line: settings plus what to run and where to write."""
+
+    settings: BenchSettings
+    configs: tuple[str, ...] = cfg.CONFIG_NAMES
+    scenarios: tuple[str, ...] = ("io", "cpu")
+    out_dir: Path | None = None
+
+
+def _names(
+    values: Sequence[str] | None, allowed: tuple[str, ...], default: tuple[str, ...]
+) -> tuple[str, ...]:
+    if not values:
+        return default
+    wanted = {v.strip() for item in values for v in item.split(",") if v.strip()}
+    unknown = sorted(wanted - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)}: expected {', '.join(allowed)}")
+    return tuple(name for name in allowed if name in wanted)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Options from the command line; ``--quick`` fills in whatever was not given."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.storm", description=__doc__)
+    d = cfg.DEFAULTS
+    p.add_argument("--requests", type=int, help=f"storm size (default {d.requests})")
+    p.add_argument("--io-seconds", type=float, help=f"pg_sleep of /io (default {d.io_seconds})")
+    p.add_argument("--cpu-loop", type=int, help=f"sum(range(N)) of /cpu (default {d.cpu_loop})")
+    p.add_argument("--workers", type=int, help="workers for hand-tuned and gunitune (CPUs + 1)")
+    p.add_argument("--pool-size", type=int, help=f"SQLAlchemy pool_size (default {d.pool_size})")
+    p.add_argument("--max-overflow", type=int, help=f"max_overflow (default {d.max_overflow})")
+    p.add_argument("--pool-timeout", type=float, help=f"pool_timeout (default {d.pool_timeout})")
+    p.add_argument("--timeout", type=int, help=f"Gunicorn worker timeout (default {d.timeout})")
+    p.add_argument("--deadline", type=float, help=f"seconds per run (default {d.deadline:g})")
+    p.add_argument(
+        "--global-deadline", type=float, help=f"seconds for everything ({d.global_deadline:g})"
+    )
+    p.add_argument("--trickle-rate", type=float, help="mixed: /fast requests per second")
+    p.add_argument("--only", action="append", metavar="CONFIG", help=", ".join(cfg.CONFIG_NAMES))
+    p.add_argument("--scenario", action="append", help=", ".join(cfg.SCENARIO_NAMES) + " (io,cpu)")
+    p.add_argument("--out", type=Path, help="results directory (results/<UTC timestamp>/)")
+    p.add_argument("--quick", action="store_true", help="small and fast, for CI")
+    args = p.parse_args(argv)
+    base = cfg.QUICK if args.quick else cfg.DEFAULTS
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(BenchSettings)
+        if getattr(args, f.name, None) is not None
+    }
+    settings = dataclasses.replace(base, **given)
+    if settings.requests < 1 or (settings.workers is not None and settings.workers < 1):
+        p.error("--requests and --workers must be >= 1")
+    try:
+        configs = _names(args.only, cfg.CONFIG_NAMES, cfg.CONFIG_NAMES)
+        scenarios = _names(args.scenario, cfg.SCENARIO_NAMES, ("io", "cpu"))
+    except ValueError as exc:
+        p.error(str(exc))
+    return Options(settings, configs, scenarios, args.out)
+
+
+def _machine(cpus: Any) -> dict[str, Any]:
+    return {
+        "cpus": cpus.count,
+        "cpu_source": cpus.source,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": package_versions(_VERSIONS),
+    }
+
+
+def _server_version(url: str) -> str:
+    with contextlib.closing(psycopg2.connect(url, connect_timeout=10)) as conn:
+        return str(conn.get_parameter_status("server_version"))
+
+
+def _raise_fd_limit() -> None:
+    # Thousands of sockets on the client side and as many in the servers (children
+    # inherit the limit); the soft default of 1024 would fail the storm itself.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_benchmark(
+    options: Options, environ: Mapping[str, str] | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Run every configuration x scenario; return (and write) the result document.
+
+    ``environ["DATABASE_URL"]`` selects an existing database; without it a private
+    cluster is started and stopped here.
+    """
+    environ = os.environ if environ is None else environ
+    started = time.monotonic()
+    s = options.settings
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = options.out_dir or Path("results") / stamp
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    _raise_fd_limit()
+    cpus = usable_cpus()
+    servers = cfg.build_configs(s, cpus.count, options.configs)
+    external = environ.get("DATABASE_URL", "").strip()
+    cluster = None
+    if not external:
+        most_workers = max(s.workers or 0, cpus.count + 1)
+        cluster = start_cluster(
+            max_connections=max(200, 2 * most_workers * s.connections_per_worker)
+        )
+    try:
+        url = libpq_url(external) if external else cluster.url  # type: ignore[union-attr]
+        result: dict[str, Any] = {
+            "started": stamp,
+            "command": ["python", "-m", "benchmarks.storm", *sys.argv[1:]],
+            "machine": _machine(cpus),
+            "settings": dataclasses.asdict(s),
+            "configs": {
+                c.name: {"description": c.description, "env": dict(c.env)} for c in servers
+            },
+            "scenarios": list(options.scenarios),
+            "database": {"own_cluster": cluster is not None},
+            "cpu_seconds_per_request": None,
+            "runs": [],
+        }
+        result["database"]["server_version"] = _server_version(url)
+        if "cpu" in options.scenarios:
+            result["cpu_seconds_per_request"] = cpu_seconds_per_request(s.cpu_loop)
+        for scen_name in options.scenarios:
+            scenario = cfg.make_scenario(scen_name, s)
+            for server in servers:
+                remaining = s.global_deadline - (time.monotonic() - started) - _WRAP_UP_SECONDS
+                run = run_one(
+                    server, scenario, s, url,
+                    deadline=min(s.deadline, remaining),
+                    log_path=out_dir / "logs" / f"{server.name}-{scen_name}.log",
+                    cpu_seconds=result["cpu_seconds_per_request"],
+                    cores=cpus.count,
+                    own_cluster=cluster is not None,
+                )  # fmt: skip
+                result["runs"].append(run)
+                # Written after every run: an interrupted benchmark keeps what it measured.
+                (out_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        text = report.write_report(result, out_dir)
+        if not quiet:
+            print(text)
+            print(f"results: {out_dir}", file=sys.stderr)
+        result["out_dir"] = str(out_dir)
+        return result
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (CI timeouts) unwinds like Ctrl-C so servers and the cluster are stopped.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run_benchmark(options)
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers and database stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
