@@ -115,3 +115,16 @@ def test_bad_setting_is_one_line(
     assert done.returncode == 2, done.stderr
     assert f"gunitune: error: {expected}" in done.stderr.splitlines()
     assert "Traceback" not in done.stderr
+
+
+def test_worker_refuses_a_driver_that_blocks_the_loop(postgres: PostgresCluster) -> None:
+    env = _base_env(postgres) | {"GUNITUNE_WORKERS": "1"}
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:gunitune.conf"]
+    command += ["-b", f"127.0.0.1:{free_port()}", "tests.integration.blocking_driver_app:app"]
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
+    assert errors and "psycopg2 has no gevent wait callback" in errors[0], done.stderr
+    assert postgres.password not in done.stderr
