@@ -77,7 +77,7 @@ async def _closed_loop(
     # `hello`: a fixed number of requests, `hello_concurrency` in flight at a time,
     # each on a fresh connection like the storms (keep-alive would flatter nobody).
     end = time.monotonic() + deadline
-    todo = iter(range(s.requests))
+    todo = iter(range(s.hello_requests))
     results: Results = []
 
     async def lane() -> None:
@@ -166,7 +166,8 @@ def _measure(
     storm: Results | None = None
     trickle: Results = []
     try:
-        with Progress(label, s.requests) as progress:
+        total = s.hello_requests if scen.closed_loop else s.requests
+        with Progress(label, total) as progress:
             if scen.closed_loop and shutil.which("wrk"):
                 run["storm"] = _run_wrk(server.port, scen, s)
             elif scen.closed_loop:

@@ -80,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--global-deadline", type=float, help=f"seconds for everything ({d.global_deadline:g})"
     )
+    p.add_argument("--hello-requests", type=int, help=f"hello: requests ({d.hello_requests})")
     p.add_argument("--trickle-rate", type=float, help="mixed: /fast requests per second")
     p.add_argument("--only", action="append", metavar="CONFIG", help=", ".join(cfg.CONFIG_NAMES))
     p.add_argument("--scenario", action="append", help=", ".join(cfg.SCENARIO_NAMES) + " (io,cpu)")

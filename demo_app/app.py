@@ -95,7 +95,6 @@ def create_app(config: DemoConfig) -> Flask:
     }
     db = SQLAlchemy(app)
     app.extensions["demo_config"] = config
-    pid = str(os.getpid())
 
     @app.get("/io")
     def io_route() -> str:
@@ -119,7 +118,7 @@ def create_app(config: DemoConfig) -> Flask:
     @app.after_request
     def served_by(response: Response) -> Response:
         # Which worker answered: the tests check that CPU work spreads over all of them.
-        response.headers["X-Served-By"] = pid
+        response.headers["X-Served-By"] = str(os.getpid())
         return response
 
     if config.gunitune:

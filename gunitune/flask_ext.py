@@ -98,7 +98,7 @@ class GuniTune:
             capacity,
             cpu_concurrency=settings.cpu_concurrency,
             queue_timeout=queue_timeout,
-            heartbeat=worker.heartbeat if worker is not None else None,
+            heartbeat=_worker_heartbeat,
         )
         cycle = RequestCycle(
             app=app,
@@ -169,6 +169,14 @@ class GuniTune:
                 return list(engines.values())
             engine = getattr(db, "engine", None)
             return [engine] if isinstance(engine, Engine) else []
+
+
+def _worker_heartbeat() -> None:
+    # Looked up per call: with preload_app the app (and this extension) is set
+    # up in the master, before any worker exists.
+    worker = runtime.current()
+    if worker is not None:
+        worker.heartbeat()
 
 
 _meter: GreenletCpuMeter | None = None

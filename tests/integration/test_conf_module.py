@@ -128,3 +128,14 @@ def test_worker_refuses_a_driver_that_blocks_the_loop(postgres: PostgresCluster)
     errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
     assert errors and "psycopg2 has no gevent wait callback" in errors[0], done.stderr
     assert postgres.password not in done.stderr
+
+
+def test_preload_app_disposes_inherited_engines(gunicorn: GunicornFactory) -> None:
+    server = gunicorn(
+        config="python:gunitune.conf", args=["--preload"], env={"DEMO_IO_SECONDS": "0.1"}
+    )
+    workers = set(server.worker_pids())
+    results = run_storm("127.0.0.1", server.port, "/io", 300, expected_body=IO_BODY)
+    assert all(r.body_ok for r in results)
+    assert {int(r.headers["x-served-by"]) for r in results} <= workers
+    assert server.count("engines_disposed_after_fork") == len(workers)
