@@ -22,6 +22,7 @@ __all__ = [
     "cpu_limit",
     "fmt_seconds",
     "io_limit",
+    "is_valid",
     "main",
     "outcomes",
     "parse_wrk",
@@ -60,6 +61,11 @@ def ratio(value: float, limit: float | None) -> float | None:
     return value / limit if limit else None
 
 
+def is_valid(r: RequestResult) -> bool:
+    """A complete response with status 200 and exactly the expected body."""
+    return r.error is None and r.status == 200 and r.body_ok
+
+
 def outcomes(results: Sequence[RequestResult]) -> dict[str, Any]:
     """Count valid responses, 503s, other (invalid) responses and connection errors.
 
@@ -72,7 +78,7 @@ def outcomes(results: Sequence[RequestResult]) -> dict[str, Any]:
     for r in results:
         if r.error is not None:
             errors[r.error] += 1
-        elif r.status == 200 and r.body_ok:
+        elif is_valid(r):
             valid += 1
         elif r.status == 503:
             shed += 1
@@ -96,9 +102,8 @@ def request_figures(results: Sequence[RequestResult], limit: float | None) -> di
     figures: dict[str, Any] = {"requests": len(results), **outcomes(results)}
     figures.update(latency_figures([r.latency for r in results]))
     t0 = min((r.started for r in results), default=0.0)
-    valid = [r for r in results if r.error is None and r.status == 200 and r.body_ok]
-    done = sorted(r.finished - t0 for r in valid)
-    failed = sorted(r.finished - t0 for r in results if not (r.status == 200 and r.body_ok))
+    done = sorted(r.finished - t0 for r in results if is_valid(r))
+    failed = sorted(r.finished - t0 for r in results if not is_valid(r))
     span = done[-1] if done else None
     figures["span"] = span
     figures["throughput"] = throughput(len(done), span)
@@ -216,7 +221,11 @@ def render_report(result: dict[str, Any]) -> str:
             continue
         rows.append(_client_row(name, scen, run["storm"], server))
         if run.get("trickle"):
-            rows.append(_client_row(name, f"{scen}: {run['trickle_path']}", run["trickle"], {}))
+            rows.append(
+                _client_row(
+                    name, f"{scen}: {run.get('trickle_path', 'trickle')}", run["trickle"], {}
+                )
+            )
         server_rows.append([
             name, scen, str(run["workers"]), str(run["db_connections_allowed"]),
             str(server.get("peak_db_connections", "-")), str(server.get("peak_accept_queue", "-")),
@@ -268,32 +277,42 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")  # files only: no display on servers and in CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     runs = [r for r in result["runs"] if not r.get("skipped")]
     scenarios = list(dict.fromkeys(r["scenario"] for r in runs)) or ["(none)"]
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5.5 * len(scenarios), 8), squeeze=False)
-    colors = {"stock": "tab:red", "hand-tuned": "tab:orange", "gunitune": "tab:green"}
+    # hand-tuned is drawn wide and pale under the others: where two configurations
+    # perform alike their lines coincide, and both must stay visible.
+    styles: dict[str, dict[str, Any]] = {
+        "stock": {"color": "tab:red", "linewidth": 1.5},
+        "hand-tuned": {"color": "tab:orange", "linewidth": 4, "alpha": 0.5},
+        "gunitune": {"color": "tab:green", "linewidth": 1.5},
+    }
     for col, scen in enumerate(scenarios):
         top, bottom = axes[0][col], axes[1][col]
         for run in (r for r in runs if r["scenario"] == scen):
-            color = colors.get(run["config"])
+            style = styles.get(run["config"], {})
             f = run["storm"]
             valid, failed = f.get("valid_done", []), f.get("failed_done", [])
-            top.step([0, *valid], range(len(valid) + 1), where="post", color=color,
+            top.step([0, *valid], range(len(valid) + 1), where="post", **style,
                      label=f"{run['config']} valid")  # fmt: skip
             if failed:
-                top.step([0, *failed], range(len(failed) + 1), where="post", color=color,
+                top.step([0, *failed], range(len(failed) + 1), where="post", **style,
                          linestyle=":", label=f"{run['config']} failed")  # fmt: skip
             cdf = (run.get("trickle") or f).get("latencies", [])
             if cdf:
                 ys = [(i + 1) / len(cdf) for i in range(len(cdf))]
-                bottom.plot(cdf, ys, color=color, label=run["config"])
+                bottom.plot(cdf, ys, **style, label=run["config"])
         path_label = next((r.get("trickle_path") for r in runs if r["scenario"] == scen), None)
         top.set(title=f"{scen}: completions over time", xlabel="seconds since storm start",
                 ylabel="cumulative responses")  # fmt: skip
         which = f"{path_label} (trickle)" if path_label else "all requests"
         bottom.set(title=f"{scen}: latency CDF, {which}", xlabel="latency (s)",
                    ylabel="fraction of requests", xscale="log")  # fmt: skip
+        # Plain numbers on the log axis (0.01, 0.1, 1) rather than powers of ten.
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        bottom.xaxis.set_minor_formatter(NullFormatter())
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             if ax.has_data():

@@ -34,10 +34,6 @@ def libpq_url(url: str) -> str:
     return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", url.strip())
 
 
-def _valid(r: RequestResult) -> bool:
-    return r.error is None and r.status == 200 and r.body_ok
-
-
 async def _storm(
     port: int, scen: Scenario, s: BenchSettings, deadline: float, progress: Progress
 ) -> tuple[Results, Results]:
@@ -48,7 +44,7 @@ async def _storm(
             HOST, port, path, i, expected_body=body, timeout=end - time.monotonic()
         )
         if counted:
-            progress.add(_valid(res))
+            progress.add(report.is_valid(res))
         return res
 
     # Every coroutine exists before the first runs: the connects go out together,
@@ -86,7 +82,7 @@ async def _closed_loop(
                 HOST, port, scen.path, i, expected_body=scen.expected_body,
                 timeout=max(0.0, min(30.0, end - time.monotonic())),
             )  # fmt: skip
-            progress.add(_valid(res))
+            progress.add(report.is_valid(res))
             results.append(res)
 
     await asyncio.gather(*(lane() for _ in range(s.hello_concurrency)))
@@ -114,28 +110,37 @@ def _warm_up(server: GunicornProcess, timeout: float = 20) -> None:
         asyncio.run(batch())
 
 
-def _drain(url: str, own_cluster: bool, wait: float) -> int:
-    """Wait for the last run's DB sessions to end; returns how many were left over.
+_SESSIONS = (
+    "SELECT {} FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+)
 
-    A killed worker's backend sleeps on in pg_sleep; in our own cluster it is
-    terminated so the next run's peak counts only its own connections.
+
+def _sessions(url: str) -> int:
+    conn = psycopg2.connect(url, connect_timeout=10)
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute(_SESSIONS.format("count(*)"))
+        return int((cur.fetchone() or (0,))[0])
+
+
+def _drain(url: str, own_cluster: bool, wait: float, baseline: int) -> int:
+    """Wait until the app's DB sessions are back to ``baseline``; return how many more remain.
+
+    A killed worker's backend sleeps on in pg_sleep; in our own cluster (where every
+    session is ours) leftovers are terminated so the next run's peak is its own.
     """
-    sql = (
-        "SELECT {} FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    )
     end = time.monotonic() + wait
     with contextlib.closing(psycopg2.connect(url, connect_timeout=10)) as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
             while True:
-                cur.execute(sql.format("count(*)"))
-                left = int(cur.fetchone()[0])
+                cur.execute(_SESSIONS.format("count(*)"))
+                left = max(0, int((cur.fetchone() or (0,))[0]) - baseline)
                 if not left or time.monotonic() > end:
                     break
                 time.sleep(0.25)
             if left and own_cluster:
-                cur.execute(sql.format("pg_terminate_backend(pid)"))
+                cur.execute(_SESSIONS.format("pg_terminate_backend(pid)"))
     return left
 
 
@@ -218,6 +223,7 @@ def run_one(
     # Built from scratch, not merged into os.environ: a GUNITUNE_* or DEMO_* left
     # in the shell must not leak into the stock configuration.
     server.env = server_environ(server_config, url)
+    baseline = _sessions(url)  # other clients of a shared DATABASE_URL
     try:
         server.start(ready_timeout=min(60.0, deadline), probe_path="/hello")
         _warm_up(server)
@@ -242,5 +248,6 @@ def run_one(
         run.update(argv=server.argv[1:], log=str(log_path))
     finally:
         server.stop(grace=5)
-    run["server"]["leftover_db_connections"] = _drain(url, own_cluster, s.io_seconds + 5)
+    run["server"]["db_connections_before"] = baseline
+    run["server"]["leftover_db_connections"] = _drain(url, own_cluster, s.io_seconds + 5, baseline)
     return run

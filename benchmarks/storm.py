@@ -50,6 +50,7 @@ class Options:
     configs: tuple[str, ...] = cfg.CONFIG_NAMES
     scenarios: tuple[str, ...] = ("io", "cpu")
     out_dir: Path | None = None
+    argv: tuple[str, ...] = ()
 
 
 def _names(
@@ -101,7 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         scenarios = _names(args.scenario, cfg.SCENARIO_NAMES, ("io", "cpu"))
     except ValueError as exc:
         p.error(str(exc))
-    return Options(settings, configs, scenarios, args.out)
+    given_argv = tuple(sys.argv[1:] if argv is None else argv)
+    return Options(settings, configs, scenarios, args.out, given_argv)
 
 
 def _machine(cpus: Any) -> dict[str, Any]:
@@ -123,8 +125,9 @@ def _raise_fd_limit() -> None:
     # Thousands of sockets on the client side and as many in the servers (children
     # inherit the limit); the soft default of 1024 would fail the storm itself.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_benchmark(
@@ -145,17 +148,14 @@ def run_benchmark(
     cpus = usable_cpus()
     servers = cfg.build_configs(s, cpus.count, options.configs)
     external = environ.get("DATABASE_URL", "").strip()
-    cluster = None
-    if not external:
-        most_workers = max(s.workers or 0, cpus.count + 1)
-        cluster = start_cluster(
-            max_connections=max(200, 2 * most_workers * s.connections_per_worker)
-        )
+    # Room for every configuration's pools twice over, whatever --workers says.
+    most_connections = max(s.workers or 0, cpus.count + 1) * s.connections_per_worker
+    cluster = None if external else start_cluster(max_connections=max(200, 2 * most_connections))
     try:
-        url = libpq_url(external) if external else cluster.url  # type: ignore[union-attr]
+        url = cluster.url if cluster is not None else libpq_url(external)
         result: dict[str, Any] = {
             "started": stamp,
-            "command": ["python", "-m", "benchmarks.storm", *sys.argv[1:]],
+            "command": ["python", "-m", "benchmarks.storm", *options.argv],
             "machine": _machine(cpus),
             "settings": dataclasses.asdict(s),
             "configs": {

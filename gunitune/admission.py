@@ -116,6 +116,11 @@ class Admission:
             self.cpu_waiting += 1
             try:
                 got = self._lane.acquire(timeout=max(0.0, deadline - self._clock()))
+            except BaseException:
+                # Interrupted while waiting (a request deadline, GreenletExit):
+                # the slot taken above has no ticket yet to give it back.
+                self._slots.release()
+                raise
             finally:
                 self.cpu_waiting -= 1
             if not got:

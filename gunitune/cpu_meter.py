@@ -32,10 +32,22 @@ class Account:
 
     label: str
     cpu: float = 0.0
+    idle: float = 0.0  # switched out while the thread had nothing to run: real waiting
     longest_slice: float = 0.0
     cpu_in: float = 0.0  # thread CPU time when the greenlet last switched in
     wall_in: float = 0.0
+    cpu_out: float | None = None  # thread CPU time when it last switched out
+    wall_out: float = 0.0
     running: bool = False
+
+    @property
+    def own_wall(self) -> float:
+        """Wall time the request would take alone: its CPU plus its real waits.
+
+        Time spent switched out while other greenlets used the CPU is left out:
+        under load it would make every CPU-bound route look like it waits.
+        """
+        return self.cpu + self.idle
 
 
 class GreenletCpuMeter:
@@ -102,11 +114,17 @@ class GreenletCpuMeter:
     def _switch_in(self, account: Account) -> None:
         account.cpu_in = self._cpu_clock()
         account.wall_in = self._wall_clock()
+        if account.cpu_out is not None:
+            away = account.wall_in - account.wall_out
+            others = account.cpu_in - account.cpu_out
+            account.idle += max(0.0, away - others)
         account.running = True
 
     def _switch_out(self, account: Account) -> None:
-        account.cpu += max(0.0, self._cpu_clock() - account.cpu_in)
-        held = self._wall_clock() - account.wall_in
+        account.cpu_out = self._cpu_clock()
+        account.wall_out = self._wall_clock()
+        account.cpu += max(0.0, account.cpu_out - account.cpu_in)
+        held = account.wall_out - account.wall_in
         account.running = False
         if held > account.longest_slice:
             account.longest_slice = held

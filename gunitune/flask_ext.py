@@ -78,8 +78,8 @@ class GuniTune:
             )
         settings = self._settings_for(app)
         db = db if db is not None else (self.db or app.extensions.get("sqlalchemy"))
-        engines = self._engines_of(app, db)
-        capacity = engine_facts.total_capacity(engines)
+        engines, primary = self._engines_of(app, db)
+        capacity = engine_facts.admission_capacity(engines, primary)
         if capacity is None:
             overflow = max(settings.max_overflow, 0)
             capacity = max(1, settings.pool_size + overflow)
@@ -94,6 +94,10 @@ class GuniTune:
                 fix="set GUNITUNE_QUEUE_TIMEOUT below the pool's timeout, or leave it on auto",
             )
         worker = runtime.current()
+        if worker is not None:
+            worker.adopt(settings)
+            if worker.follow(capacity, f"GuniTune on app {app.name!r}"):
+                engine_facts.log_follow(os.getpid(), worker.planned_capacity, capacity, engines)
         admission = Admission(
             capacity,
             cpu_concurrency=settings.cpu_concurrency,
@@ -112,7 +116,7 @@ class GuniTune:
         app.extensions[EXTENSION_KEY] = self
         self._cycles[id(app)] = cycle
         app.before_request(cycle.before_request)
-        app.teardown_request(cycle.teardown_request)
+        app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
         app.after_request(cycle.after_request)
         if settings.stats_path:
             view = stats_view(self.stats, app, settings.stats_token)
@@ -125,7 +129,7 @@ class GuniTune:
             queue_timeout=queue_timeout,
             cpu_concurrency=settings.cpu_concurrency,
             engines=[engine_facts.describe(e) for e in engines],
-            accept_gate="adaptive" if worker is not None and settings.adaptive else "off",
+            accept_gate=_gate_state(worker, settings),
         )
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
@@ -160,15 +164,23 @@ class GuniTune:
             raise ConfigError(f"{exc} (in app.config or the environment)") from None
 
     @staticmethod
-    def _engines_of(app: Flask, db: Any) -> list[Engine]:
+    def _engines_of(app: Flask, db: Any) -> tuple[list[Engine], Engine | None]:
+        """Every engine of ``db`` and its default one (Flask-SQLAlchemy's bind ``None``)."""
         if db is None:
-            return []
+            return [], None
         with app.app_context():
             engines = getattr(db, "engines", None)
             if isinstance(engines, dict):
-                return list(engines.values())
+                primary = engines.get(None)
+                return list(engines.values()), primary if isinstance(primary, Engine) else None
             engine = getattr(db, "engine", None)
-            return [engine] if isinstance(engine, Engine) else []
+            return ([engine], engine) if isinstance(engine, Engine) else ([], None)
+
+
+def _gate_state(worker: runtime.WorkerRuntime | None, settings: Settings) -> str:
+    if worker is None:
+        return "none here (not a gunitune worker, or set up in the master before fork)"
+    return "adaptive" if settings.adaptive else "off"
 
 
 def _worker_heartbeat() -> None:

@@ -39,6 +39,13 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
+
+
+def _forwarded(headers: Any) -> bool:
+    return any(name in headers for name in _FORWARDING_HEADERS)
+
+
 def stats_view(
     stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str
 ) -> Callable[[], Response]:
@@ -51,9 +58,11 @@ def stats_view(
                 raise Forbidden(
                     "gunitune stats need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
                 )
-        elif not _is_loopback(request.remote_addr):
+        elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
+            # Behind a reverse proxy on the same host every client is 127.0.0.1;
+            # a forwarding header says this one came from elsewhere.
             raise Forbidden(
-                "gunitune stats answer loopback clients only (or set GUNITUNE_STATS_TOKEN)"
+                "gunitune stats answer direct loopback clients only (or set GUNITUNE_STATS_TOKEN)"
             )
         return jsonify(stats(app))
 

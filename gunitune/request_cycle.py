@@ -1,19 +1,25 @@
 """The extension's per-request work: admit, measure, release, learn, report.
 
-Kept apart from :mod:`gunitune.flask_ext` (registration and the public API) so
-the hot path reads top to bottom in one place.
+Admission happens in ``before_request`` (after routing, so the route is known,
+and inside Flask, so the 503 goes through the app's error handlers). Release
+happens in a WSGI wrapper around ``app.wsgi_app``, when the server closes the
+response: after a streamed body has been produced, after Flask-SQLAlchemy has
+returned the session's connection in its app-context teardown, and whatever
+other teardown functions raise. A slot released any earlier would let the next
+request meet a pool with no free connection.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from flask import Flask, Response, g, request
+from werkzeug.wsgi import ClosingIterator
 
 from gunitune import runtime
 from gunitune.admission import Admission, Rejected
@@ -23,10 +29,13 @@ from gunitune.cpu_meter import GreenletCpuMeter
 from gunitune.http import Overloaded
 from gunitune.telemetry import PoolTelemetry
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
 __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
-_G_KEY = "_gunitune_in_flight"
+_ENVIRON_KEY = "gunitune.in_flight"
 _G_SHED = "_gunitune_shed_retry_after"
 # Loop-block reports: at most one event per route in this many seconds.
 _BLOCK_REPORT_INTERVAL = 10.0
@@ -85,7 +94,7 @@ class RequestCycle:
             setattr(g, _G_SHED, retry_after)
             raise Overloaded(retry_after, exc.reason, exc.waited) from None
         self.telemetry.record_wait(ticket.waited)
-        setattr(g, _G_KEY, _InFlight(route, ticket))
+        request.environ[_ENVIRON_KEY] = _InFlight(route, ticket)
         self.meter.start(route)
 
     def after_request(self, response: Response) -> Response:
@@ -95,20 +104,37 @@ class RequestCycle:
             response.headers["Retry-After"] = str(retry_after)
         return response
 
-    def teardown_request(self, _exc: BaseException | None) -> None:
+    def wsgi_wrapper(self, wsgi_app: WSGIApplication) -> WSGIApplication:
+        """Wrap ``app.wsgi_app`` so the slot is released when the response is closed."""
+
+        def release_on_close(
+            environ: WSGIEnvironment, start_response: StartResponse
+        ) -> Iterable[bytes]:
+            try:
+                body = wsgi_app(environ, start_response)
+            except BaseException:
+                self.finish(environ)
+                raise
+            return ClosingIterator(body, [lambda: self.finish(environ)])
+
+        return release_on_close
+
+    def finish(self, environ: WSGIEnvironment) -> None:
         """Release the slot, learn from the request, report pressure and loop blocks."""
-        state: _InFlight | None = g.pop(_G_KEY, None)
+        state: _InFlight | None = environ.pop(_ENVIRON_KEY, None)
         if state is None:
             return
-        account = self.meter.stop()
-        self.admission.release(state.ticket)
-        wall = self.clock() - state.ticket.admitted_at
-        cpu = account.cpu if account is not None else 0.0
-        self.profiles.add(state.route, cpu, wall)
+        try:
+            account = self.meter.stop()
+        finally:
+            self.admission.release(state.ticket)
+        if account is None:
+            return
+        self.profiles.add(state.route, account.cpu, account.own_wall)
         worker = runtime.current()
         if worker is not None and worker.adaptive:
-            worker.window.on_sample(cpu, wall)
-        if account is not None and account.longest_slice >= self.settings.block_threshold:
+            worker.window.on_sample(account.cpu, account.own_wall)
+        if account.longest_slice >= self.settings.block_threshold:
             self._report_block(state.route, account.longest_slice)
         self.telemetry.observe(self.admission.waiting)
 

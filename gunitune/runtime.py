@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gunitune.core.limits import AcceptWindow
+from gunitune.core.settings import Settings
 
 __all__ = ["WorkerRuntime", "current", "register", "unregister"]
 
@@ -30,6 +31,20 @@ class WorkerRuntime:
     heartbeat: Callable[[], None]
     planned_capacity: int
     adaptive: bool = True
+    overcommit: int = 0
+    followed: str | None = None
+
+    def follow(self, capacity: int, source: str) -> bool:
+        """Size the gate from the app's real pool; True when that differs from the plan."""
+        self.followed = source
+        self.window.resize(capacity + self.overcommit)
+        return capacity != self.planned_capacity
+
+    def adopt(self, settings: Settings) -> None:
+        """Take the app's settings (``app.config`` may differ from the environment)."""
+        self.adaptive = settings.adaptive
+        self.overcommit = settings.overcommit
+        self.window.configure(floor=settings.cpu_concurrency, cpu_budget=settings.cpu_budget)
 
 
 _current: WorkerRuntime | None = None

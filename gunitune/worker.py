@@ -34,6 +34,7 @@ from gevent.hub import get_hub
 from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gunicorn.workers import base, ggevent
+from sqlalchemy.engine import Engine
 
 from gunitune import engines as engine_facts
 from gunitune import green, runtime
@@ -41,12 +42,43 @@ from gunitune.core.errors import GunituneError
 from gunitune.core.limits import AcceptWindow
 from gunitune.core.settings import Settings
 
-__all__ = ["GatedPool", "GuniTuneWorker"]
+__all__ = ["AcceptGate", "GatedPool", "GuniTuneWorker"]
 
 log = structlog.get_logger("gunitune")
 
 # Exit code that makes the arbiter stop instead of respawning forever.
 _WORKER_BOOT_ERROR = 3
+
+
+class AcceptGate:
+    """The accept window of one worker, shared by the pools of all its listeners.
+
+    Counts the connections the worker holds over every listener, so two binds
+    together stay within one window, and re-arms any paused accept loop when
+    there is room again: when a connection ends or when the window grows.
+    """
+
+    def __init__(self, window: AcceptWindow) -> None:
+        self.window = window
+        self.pools: list[GatedPool] = []
+        window.subscribe(self._window_changed)
+
+    def held(self) -> int:
+        """Connections held by the worker, over all listeners."""
+        return sum(len(pool) for pool in self.pools)
+
+    def full(self) -> bool:
+        """True when the worker holds as many connections as its window allows."""
+        return self.held() >= self.window.window
+
+    def notify(self) -> None:
+        """Resume every accept loop waiting for room, if there is room."""
+        for pool in self.pools:
+            pool._semaphore.notify_if_open()
+
+    def _window_changed(self, old: int, new: int) -> None:
+        if new > old:
+            self.notify()
 
 
 class _GateSemaphore:
@@ -56,13 +88,12 @@ class _GateSemaphore:
     callback on the pool's semaphore to resume. A plain semaphore calls it as
     soon as it has a permit, which with a window narrower than the pool's size
     is at once: the server would re-arm accept on every loop turn, spinning a
-    core while connections wait. Here a link fires once, when the pool is
-    below its window again.
+    core while connections wait. Here a link fires once, when the gate has room.
     """
 
-    def __init__(self, size: int, pool: GatedPool) -> None:
+    def __init__(self, size: int, gate: AcceptGate) -> None:
         self._inner = Semaphore(size)
-        self._pool = pool
+        self._gate = gate
         self._links: list[Callable[[Any], None]] = []
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -70,7 +101,8 @@ class _GateSemaphore:
 
     def release(self) -> None:
         self._inner.release()
-        self.notify_if_open()
+        # Room on one listener is room for all of them: the window is shared.
+        self._gate.notify()
 
     def wait(self, timeout: float | None = None) -> int:
         return int(self._inner.wait(timeout))
@@ -85,8 +117,8 @@ class _GateSemaphore:
             self._links.remove(callback)
 
     def notify_if_open(self) -> None:
-        """Resume whoever waits for room, if the pool is below its window."""
-        if self._links and not self._pool.full():
+        """Resume whoever waits for room, if the gate has room."""
+        if self._links and not self._gate.full():
             links, self._links = self._links, []
             loop = get_hub().loop
             for callback in links:
@@ -94,21 +126,27 @@ class _GateSemaphore:
 
 
 class GatedPool(Pool):  # type: ignore[misc]  # gevent is untyped
-    """A gevent ``Pool`` that reports itself full at the adaptive window.
+    """A gevent ``Pool`` that reports itself full when its worker's gate is.
 
     ``size`` stays the worker's fixed ceiling (Gunicorn's graceful shutdown
     compares ``free_count()`` with it); ``full()``, which the accept loop checks
-    before each accept, and the semaphore's links follow the window.
+    before each accept, and the semaphore's links follow the gate.
     """
 
-    def __init__(self, size: int, window: AcceptWindow) -> None:
+    def __init__(self, size: int, gate: AcceptGate | AcceptWindow) -> None:
         super().__init__(size)
-        self.window = window
-        self._semaphore = _GateSemaphore(size, self)
+        self.gate = gate if isinstance(gate, AcceptGate) else AcceptGate(gate)
+        self.gate.pools.append(self)
+        self._semaphore = _GateSemaphore(size, self.gate)
+
+    @property
+    def window(self) -> AcceptWindow:
+        """The worker's adaptive window."""
+        return self.gate.window
 
     def full(self) -> bool:
         """True when the worker holds as many connections as its window allows."""
-        return bool(len(self) >= min(self.size, self.window.window))
+        return len(self) >= self.size or self.gate.full()
 
 
 class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -132,6 +170,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
                 heartbeat=self.heartbeat,
                 planned_capacity=self.worker_connections,
                 adaptive=self.settings.adaptive,
+                overcommit=self.settings.overcommit,
             )
         )
         green.make_psycopg2_green()
@@ -154,29 +193,38 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
 
     def _follow_app_engines(self) -> None:
         engines = engine_facts.find_engines()
-        capacity = engine_facts.total_capacity(engines)
-        if capacity is not None and capacity != self.worker_connections:
-            log.warning(
-                "worker_follows_engine",
-                pid=self.pid,
-                planned_worker_connections=self.worker_connections,
-                engine_capacity=capacity,
-                engines=[engine_facts.describe(e) for e in engines],
-                why="the app's real pool differs from GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW;"
-                " this worker accepts what its real pool can serve",
-            )
-            self.window.resize(capacity + self.settings.overcommit)
-        if self.settings.green_check != "off":
-            for engine in engines:
-                if engine.dialect.name != "postgresql":
-                    continue
-                url = engine.url.render_as_string(hide_password=False)
+        self._size_gate(engines)
+        self._check_drivers(engines)
+
+    def _size_gate(self, engines: list[Engine]) -> None:
+        worker = runtime.current()
+        capacity = engine_facts.admission_capacity(engines)
+        # The extension, when the app has one, already followed its own engines.
+        if worker is None or worker.followed is not None or capacity is None:
+            return
+        if worker.follow(capacity, "engines found after the app loaded"):
+            engine_facts.log_follow(self.pid, worker.planned_capacity, capacity, engines)
+
+    def _check_drivers(self, engines: list[Engine]) -> None:
+        if self.settings.green_check == "off":
+            return
+        for engine in engines:
+            if engine.dialect.name != "postgresql":
+                continue
+            url = engine.url.render_as_string(hide_password=False)
+            try:
                 check = green.check_driver_yields(url)
-                if check.yields:
-                    continue
-                if self.settings.green_check == "error":
-                    raise GunituneError(check.message)
-                log.warning("driver_not_green", pid=self.pid, message=check.message)
+            except GunituneError as exc:
+                # An unreachable database or an unknown driver says nothing about
+                # yielding; refusing to boot here would turn a database blip
+                # during a worker restart into a halted server.
+                log.warning("driver_check_skipped", pid=self.pid, reason=str(exc))
+                continue
+            if check.yields:
+                continue
+            if self.settings.green_check == "error":
+                raise GunituneError(check.message)
+            log.warning("driver_not_green", pid=self.pid, message=check.message)
 
     def run(self) -> None:
         """Run Gunicorn's gevent worker loop with the gated pool in place of its Pool."""
@@ -186,7 +234,10 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         super().run()
 
     def _make_pool(self, size: int) -> GatedPool:
-        return GatedPool(max(size, self.gate_size), self.window)
+        gate = getattr(self, "gate", None)
+        if gate is None:
+            gate = self.gate = AcceptGate(self.window)
+        return GatedPool(max(size, self.gate_size), gate)
 
     def handle_request(self, *args: Any) -> None:
         """Serve one request, then touch the heartbeat: a finished request is progress."""

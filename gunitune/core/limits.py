@@ -19,6 +19,7 @@ Two numbers matter per worker:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["AcceptWindow", "RouteProfile", "RouteProfiles", "retry_after_seconds"]
@@ -43,6 +44,9 @@ class AcceptWindow:
     samples: int = 0
     window: int = field(init=False)
     _wanted_floor: int = field(init=False, repr=False)
+    _listeners: list[Callable[[int, int], None]] = field(
+        init=False, repr=False, default_factory=list
+    )
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -66,8 +70,7 @@ class AcceptWindow:
         else:
             self.cpu_per_request += self.smoothing * (cpu - self.cpu_per_request)
         self.samples += 1
-        self.window = self.target()
-        return self.window
+        return self._set(self.target())
 
     def target(self) -> int:
         """The window for the current CPU estimate."""
@@ -82,8 +85,35 @@ class AcceptWindow:
             raise ValueError(f"capacity={capacity} is invalid: expected an integer >= 1")
         self.capacity = capacity
         self.floor = min(self._wanted_floor, capacity)
-        self.window = self.target()
-        return self.window
+        return self._set(self.target())
+
+    def configure(self, *, floor: int | None = None, cpu_budget: float | None = None) -> int:
+        """Change the floor or the CPU budget (settings known only once the app loads)."""
+        if floor is not None:
+            if floor < 1:
+                raise ValueError(f"floor={floor} is invalid: expected an integer >= 1")
+            self._wanted_floor = floor
+            self.floor = min(floor, self.capacity)
+        if cpu_budget is not None:
+            if not cpu_budget > 0:
+                raise ValueError(f"cpu_budget={cpu_budget} is invalid: expected a number > 0")
+            self.cpu_budget = cpu_budget
+        return self._set(self.target())
+
+    def subscribe(self, listener: Callable[[int, int], None]) -> None:
+        """Call ``listener(old, new)`` whenever the window changes.
+
+        The accept gate needs it: a window that grows while every connection
+        stays open must re-arm accept, as no connection leaving will.
+        """
+        self._listeners.append(listener)
+
+    def _set(self, new: int) -> int:
+        old, self.window = self.window, new
+        if new != old:
+            for listener in self._listeners:
+                listener(old, new)
+        return new
 
 
 @dataclass

@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 __all__ = ["UnsupportedDatabaseURL", "mask_url", "mask_urls_in", "normalize_url"]
 
-# scheme://user:password@host -> scheme://user:***@host
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
+# A URL token: scheme:// and everything up to white space or a quote.
+_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<rest>[^\s'\"<>]*)")
+# Passwords given as parameters: ?password=..., &password=..., or libpq's password=...
+_PASSWORD_PARAM = re.compile(r"(?P<key>\b(?:password|passwd|pwd)=)(?P<pw>[^&\s'\"]*)", re.I)
 
 _POSTGRES_SCHEMES = ("postgres", "postgresql")
 # Preference order when the URL names no driver: psycopg2 is what gunitune
@@ -27,14 +29,28 @@ class UnsupportedDatabaseURL(ValueError):
     """A database URL that gunitune cannot use, with the reason and the fix."""
 
 
+def _mask_userinfo(match: re.Match[str]) -> str:
+    rest = match.group("rest")
+    # The last '@' ends the user info: a password may hold a raw '@' or '/'.
+    at = rest.rfind("@")
+    if at > 0 and ":" in rest[:at]:
+        user = rest[: rest.index(":")]
+        rest = f"{user}:***{rest[at:]}"
+    return match.group("scheme") + rest
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``; safe to log."""
-    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", url)
+    """Return ``url`` with its password replaced by ``***``; safe to log.
+
+    Covers ``user:password@``, a password holding a raw ``@``, and password
+    query parameters (``?password=``, which libpq accepts).
+    """
+    return mask_urls_in(url)
 
 
 def mask_urls_in(text: str) -> str:
-    """Mask every URL password found anywhere in ``text`` (for error messages)."""
-    return mask_url(text)
+    """Mask every password found anywhere in ``text``: URLs and ``password=`` parameters."""
+    return _PASSWORD_PARAM.sub(lambda m: m.group("key") + "***", _URL.sub(_mask_userinfo, text))
 
 
 def _module_installed(name: str) -> bool:

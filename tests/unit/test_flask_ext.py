@@ -22,6 +22,7 @@ from gunitune.core.settings import Settings
 from gunitune.flask_ext import EXTENSION_KEY, GuniTune
 from gunitune.http import Overloaded
 from gunitune.request_cycle import RequestCycle
+from tests.unit.flask_client import closing
 
 ENGINE_OPTIONS = {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 1}
 STATS_KEYS = {"pid", "admission", "accept_window", "routes", "pool"}
@@ -76,7 +77,7 @@ def made() -> Iterator[Made]:
 def make_app(
     tmp_path: Path, made: Made, config: dict[str, Any] | None = None
 ) -> tuple[Flask, SQLAlchemy]:
-    app = Flask("gunitune_test_app")
+    app = closing(Flask("gunitune_test_app"))
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'x.db'}"
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(ENGINE_OPTIONS)
     app.config.update(config or {})
@@ -229,7 +230,7 @@ def test_capacity_is_pool_size_plus_overflow(tmp_path: Path, made: Made) -> None
     assert stats["admission"]["queue_timeout"] == 30.0 / 2  # auto: half the pool's timeout
 
 
-def test_capacity_sums_over_binds(tmp_path: Path, made: Made) -> None:
+def test_capacity_is_the_default_binds_pool(tmp_path: Path, made: Made) -> None:
     binds = {
         "reports": {
             "url": f"sqlite:///{tmp_path / 'reports.db'}",
@@ -244,8 +245,23 @@ def test_capacity_sums_over_binds(tmp_path: Path, made: Made) -> None:
     }
     app, db = make_app(tmp_path, made, {"SQLALCHEMY_BINDS": binds})
     admission = GuniTune(app, db).stats(app)["admission"]
-    assert admission["capacity"] == (2 + 1) + (4 + 2) + (5 + 10) + (1 + 0)
+    # Summing the binds would admit requests that then queue inside the default pool.
+    assert admission["capacity"] == 2 + 1
     assert admission["queue_timeout"] == 4.0  # half the smallest pool timeout
+
+
+def test_capacity_without_default_bind_is_the_smallest_pool(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import QueuePool
+
+    from gunitune.engines import admission_capacity
+
+    big = create_engine(f"sqlite:///{tmp_path / 'a.db'}", poolclass=QueuePool, pool_size=5)
+    small = create_engine(
+        f"sqlite:///{tmp_path / 'b.db'}", poolclass=QueuePool, pool_size=2, max_overflow=1
+    )
+    assert admission_capacity([big, small]) == 3
+    assert admission_capacity([big, small], primary=big) == 15
 
 
 def test_db_registered_on_app_is_found(tmp_path: Path, made: Made) -> None:
@@ -254,7 +270,7 @@ def test_db_registered_on_app_is_found(tmp_path: Path, made: Made) -> None:
 
 
 def test_without_db_capacity_comes_from_settings(tmp_path: Path) -> None:
-    app = Flask("no_db")
+    app = closing(Flask("no_db"))
     app.config.update(
         {"GUNITUNE_POOL_SIZE": 4, "GUNITUNE_MAX_OVERFLOW": -1, "GUNITUNE_POOL_TIMEOUT": 3}
     )
