@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from demo_app.app import DemoConfig, create_app
+from demo_app.factory import DemoConfig, create_app
 
 __all__ = ["DemoConfig", "app", "create_app"]
 
@@ -34,4 +34,11 @@ def _app_from_environment(environ: Mapping[str, str]) -> Flask:
         raise SystemExit(f"demo_app: error: {exc}") from None
 
 
-app = _app_from_environment(os.environ)
+def __getattr__(name: str) -> Flask:
+    # Built on first access (``demo_app:app``), so importing ``demo_app.factory`` for
+    # its configuration or factory needs no DATABASE_URL.
+    if name == "app":
+        app = _app_from_environment(os.environ)
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module 'demo_app' has no attribute {name!r}")
