@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ __all__ = [
     "Progress",
     "ServerProbe",
     "accept_queue",
-    "cpu_seconds_per_request",
+    "cpu_samples",
     "package_versions",
 ]
 
@@ -128,9 +127,14 @@ class ServerProbe:
 
 _CPU_TIMER = """
 import json, sys, time
-n, reps = int(sys.argv[1]), int(sys.argv[2])
+n, reps, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+warm_up = time.process_time() + seconds / 4
+while True:
+    sum(range(n))
+    if time.process_time() > warm_up:
+        break
 times = []
-for _ in range(reps):
+while len(times) < reps or (sum(times) < seconds and len(times) < 1000):
     t = time.process_time()
     sum(range(n))
     times.append(time.process_time() - t)
@@ -138,20 +142,24 @@ print(json.dumps(times))
 """
 
 
-def cpu_seconds_per_request(cpu_loop: int, repetitions: int = 5, timeout: float = 600) -> float:
-    """Median CPU seconds of ``sum(range(cpu_loop))`` in a fresh interpreter.
+def cpu_samples(
+    cpu_loop: int, repetitions: int = 5, seconds: float = 2.0, timeout: float = 900
+) -> list[float]:
+    """CPU seconds of ``sum(range(cpu_loop))``, repeated, in a fresh interpreter.
 
     A subprocess so this process's threads and imports don't disturb the timing;
-    process time, not wall time, so a busy neighbour doesn't inflate it.
+    process time, not wall time, so a busy neighbour doesn't inflate it. Short
+    loops are repeated for ``seconds`` after a warm-up: on a VM the first tens of
+    milliseconds of a fresh process measured up to 40% slower than the rest.
     """
     out = subprocess.run(
-        [sys.executable, "-c", _CPU_TIMER, str(cpu_loop), str(repetitions)],
+        [sys.executable, "-c", _CPU_TIMER, str(cpu_loop), str(repetitions), str(seconds)],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=True,
     )
-    return float(statistics.median(json.loads(out.stdout)))
+    return [float(t) for t in json.loads(out.stdout)]
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str]:

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 
-from benchmarks import report
+from benchmarks import storm_figures
 from benchmarks.configs import BenchSettings, Scenario, ServerConfig, server_environ
 from benchmarks.loadclient import RequestResult, request_once
 from benchmarks.probes import Progress, ServerProbe
@@ -44,7 +45,7 @@ async def _storm(
             HOST, port, path, i, expected_body=body, timeout=end - time.monotonic()
         )
         if counted:
-            progress.add(report.is_valid(res))
+            progress.add(storm_figures.is_valid(res))
         return res
 
     # Every coroutine exists before the first runs: the connects go out together,
@@ -82,7 +83,7 @@ async def _closed_loop(
                 HOST, port, scen.path, i, expected_body=scen.expected_body,
                 timeout=max(0.0, min(30.0, end - time.monotonic())),
             )  # fmt: skip
-            progress.add(report.is_valid(res))
+            progress.add(storm_figures.is_valid(res))
             results.append(res)
 
     await asyncio.gather(*(lane() for _ in range(s.hello_concurrency)))
@@ -93,7 +94,7 @@ def _run_wrk(port: int, scen: Scenario, s: BenchSettings) -> dict[str, Any]:
     url = f"http://{HOST}:{port}{scen.path}"
     cmd = ["wrk", "-t2", f"-c{s.hello_concurrency}", f"-d{s.wrk_duration:g}s", "--latency", url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=s.wrk_duration + 60)
-    return report.wrk_figures(report.parse_wrk(out.stdout))
+    return storm_figures.wrk_figures(storm_figures.parse_wrk(out.stdout))
 
 
 def _warm_up(server: GunicornProcess, timeout: float = 20) -> None:
@@ -148,9 +149,9 @@ def _limit(
     scen: Scenario, s: BenchSettings, workers: int, cores: int, cpu: float | None
 ) -> float | None:
     if scen.name in ("io", "mixed") and s.max_overflow >= 0:
-        return report.io_limit(workers, s.connections_per_worker, s.io_seconds)
+        return storm_figures.io_limit(workers, s.connections_per_worker, s.io_seconds)
     if scen.name == "cpu" and cpu is not None:
-        return report.cpu_limit(cores, cpu)
+        return storm_figures.cpu_limit(cores, cpu)
     return None
 
 
@@ -183,10 +184,10 @@ def _measure(
         probe.stop()
     limit = _limit(scen, s, workers, cores, cpu_seconds)
     if storm is not None:
-        run["storm"] = report.request_figures(storm, limit)
+        run["storm"] = storm_figures.request_figures(storm, limit)
     if scen.trickle_path is not None:
         run["trickle_path"] = scen.trickle_path
-        run["trickle"] = report.request_figures(trickle, None)
+        run["trickle"] = storm_figures.request_figures(trickle, None)
     # Counted as soon as the load is over: the shutdown must not add to them.
     run["server"] = {
         "worker_timeouts": server.count("WORKER TIMEOUT"),
@@ -224,6 +225,9 @@ def run_one(
     # in the shell must not leak into the stock configuration.
     server.env = server_environ(server_config, url)
     baseline = _sessions(url)  # other clients of a shared DATABASE_URL
+    # Our previous server is gone by now, so CPU use here is someone else's: the
+    # report flags runs that started on a busy machine.
+    run["cpu_busy_before"] = psutil.cpu_percent(interval=1.0)
     try:
         server.start(ready_timeout=min(60.0, deadline), probe_path="/hello")
         _warm_up(server)

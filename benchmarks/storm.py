@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ from benchmarks import configs as cfg
 from benchmarks import report
 from benchmarks.configs import BenchSettings
 from benchmarks.postgres import start_cluster
-from benchmarks.probes import cpu_seconds_per_request, package_versions
+from benchmarks.probes import cpu_samples, package_versions
 from benchmarks.runner import libpq_url, run_one
 from gunitune.core.cpus import usable_cpus
 
@@ -168,7 +169,10 @@ def run_benchmark(
         }
         result["database"]["server_version"] = _server_version(url)
         if "cpu" in options.scenarios:
-            result["cpu_seconds_per_request"] = cpu_seconds_per_request(s.cpu_loop)
+            samples = cpu_samples(s.cpu_loop)
+            result["cpu_seconds_per_request"] = statistics.median(samples)
+            # The spread is part of the figure: the CPU limit is only as exact as this.
+            result["cpu_samples"] = {"n": len(samples), "min": min(samples), "max": max(samples)}
         for scen_name in options.scenarios:
             scenario = cfg.make_scenario(scen_name, s)
             for server in servers:

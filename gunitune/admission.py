@@ -9,7 +9,11 @@ pool's timeout becomes a 500. Here a request waits for a slot at most
 
 CPU-bound requests also pass the CPU lane, ``cpu_concurrency`` at a time, and
 give the event loop a turn before they start, so accepts, IO results and the
-heartbeat are not starved by a queue of CPU work.
+heartbeat are not starved by a queue of CPU work. A request waiting in the lane
+holds no database connection and was accepted by a gate that sized the worker's
+CPU work, so it waits its turn up to ``lane_timeout`` (the heartbeat timeout by
+default), not the pool-derived ``queue_timeout``: with a burst of 2-second
+requests the fifteenth waits 28 s, and refusing it would turn slow into failed.
 
 The semaphores, the clock and the yield are injected: gevent's in a worker,
 plain threading ones in unit tests.
@@ -74,6 +78,7 @@ class Admission:
         *,
         cpu_concurrency: int = 1,
         queue_timeout: float = 15.0,
+        lane_timeout: float | None = None,
         semaphore_factory: Callable[[int], Semaphore] = _gevent_semaphore,
         clock: Callable[[], float] = time.monotonic,
         yield_to_loop: Callable[[], None] = _gevent_yield,
@@ -88,6 +93,7 @@ class Admission:
         self.capacity = capacity
         self.cpu_concurrency = cpu_concurrency
         self.queue_timeout = queue_timeout
+        self.lane_timeout = queue_timeout if lane_timeout is None else lane_timeout
         self._slots = semaphore_factory(capacity)
         self._lane = semaphore_factory(cpu_concurrency)
         self._clock = clock
@@ -103,7 +109,7 @@ class Admission:
     def admit(self, *, cpu_bound: bool = False) -> Ticket:
         """Wait for a slot (and the CPU lane if ``cpu_bound``); raise :class:`Rejected`."""
         start = self._clock()
-        deadline = start + self.queue_timeout
+        deadline = start + max(self.queue_timeout, self.lane_timeout)
         self.waiting += 1
         try:
             got = self._slots.acquire(timeout=self.queue_timeout)
@@ -167,4 +173,5 @@ class Admission:
             "admitted": self.admitted,
             "rejected": self.rejected,
             "queue_timeout": self.queue_timeout,
+            "lane_timeout": self.lane_timeout,
         }

@@ -102,6 +102,7 @@ class GuniTune:
             capacity,
             cpu_concurrency=settings.cpu_concurrency,
             queue_timeout=queue_timeout,
+            lane_timeout=max(queue_timeout, float(settings.timeout)),
             heartbeat=_worker_heartbeat,
         )
         cycle = RequestCycle(

@@ -296,6 +296,7 @@ def test_stats_keys_and_values() -> None:
         "admitted": 0,
         "rejected": 0,
         "queue_timeout": 1.5,
+        "lane_timeout": 1.5,
     }
     admission.release(admission.admit())
     assert admission.stats()["admitted"] == 1
@@ -344,3 +345,33 @@ def test_failing_heartbeat_on_release_still_frees_the_slot() -> None:
         admission.release(ticket)
     assert admission.stats()["in_flight"] == 0
     admission.admit()
+
+
+def test_lane_waits_up_to_its_own_timeout_not_the_queue_timeout() -> None:
+    """A CPU-bound request queued behind others is slow, not refused."""
+    import threading
+
+    admission = Admission(
+        2,
+        cpu_concurrency=1,
+        queue_timeout=0.05,
+        lane_timeout=5.0,
+        semaphore_factory=threading.BoundedSemaphore,
+        yield_to_loop=lambda: None,
+    )
+    first = admission.admit(cpu_bound=True)
+    granted = threading.Event()
+
+    def second() -> None:
+        admission.release(admission.admit(cpu_bound=True))
+        granted.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    # Past the queue timeout the second request is still waiting, not refused.
+    assert not granted.wait(0.2)
+    assert admission.rejected == 0
+    admission.release(first)
+    assert granted.wait(5)
+    waiter.join(5)
+    assert admission.rejected == 0

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from benchmarks import configs, report, storm
+from benchmarks import storm_figures as sf
 from benchmarks.loadclient import RequestResult
 from benchmarks.runner import libpq_url
 
@@ -49,17 +50,17 @@ def _res(
 
 def test_limits_and_ratio() -> None:
     # The seed's numbers: 3 workers x (5 + 10) connections, each held 5 s.
-    assert report.io_limit(3, 15, 5.0) == 9.0
-    assert report.io_limit(1, 15, 0.2) == pytest.approx(75.0)
-    assert report.io_limit(3, 15, 0.0) is None
-    assert report.io_limit(3, 0, 5.0) is None
-    assert report.cpu_limit(2, 0.5) == 4.0
-    assert report.cpu_limit(2, 0.0) is None
-    assert report.throughput(90, 10.0) == 9.0
-    assert report.throughput(0, None) == 0.0
-    assert report.throughput(5, 0.0) == 0.0
-    assert report.ratio(4.5, 9.0) == 0.5
-    assert report.ratio(4.5, None) is None
+    assert sf.io_limit(3, 15, 5.0) == 9.0
+    assert sf.io_limit(1, 15, 0.2) == pytest.approx(75.0)
+    assert sf.io_limit(3, 15, 0.0) is None
+    assert sf.io_limit(3, 0, 5.0) is None
+    assert sf.cpu_limit(2, 0.5) == 4.0
+    assert sf.cpu_limit(2, 0.0) is None
+    assert sf.throughput(90, 10.0) == 9.0
+    assert sf.throughput(0, None) == 0.0
+    assert sf.throughput(5, 0.0) == 0.0
+    assert sf.ratio(4.5, 9.0) == 0.5
+    assert sf.ratio(4.5, None) is None
 
 
 def test_outcomes_sort_every_request_into_one_kind() -> None:
@@ -73,7 +74,7 @@ def test_outcomes_sort_every_request_into_one_kind() -> None:
         _res(6, None, error="timeout"),
         _res(7, None, error="reset"),
     ]
-    assert report.outcomes(results) == {
+    assert sf.outcomes(results) == {
         "valid": 1,
         "status_503": 1,
         "invalid": {"200 bad body": 1, "500": 2},
@@ -89,7 +90,7 @@ def test_request_figures_throughput_ends_at_last_valid_completion() -> None:
         # A failure after the last valid answer does not stretch the span.
         _res(3, None, error="reset", t0=100.0, t1=130.0),
     ]
-    f = report.request_figures(results, limit=1.5)
+    f = sf.request_figures(results, limit=1.5)
     assert f["requests"] == 4 and f["valid"] == 3
     assert f["span"] == pytest.approx(4.0)
     assert f["throughput"] == pytest.approx(0.75)
@@ -104,26 +105,26 @@ def test_request_figures_throughput_ends_at_last_valid_completion() -> None:
 
 
 def test_request_figures_of_nothing_valid() -> None:
-    f = report.request_figures([_res(0, None, error="refused")], limit=10.0)
+    f = sf.request_figures([_res(0, None, error="refused")], limit=10.0)
     assert (f["valid"], f["span"], f["throughput"], f["ratio"]) == (0, None, 0.0, 0.0)
-    empty = report.request_figures([], limit=None)
+    empty = sf.request_figures([], limit=None)
     assert (empty["requests"], empty["p50"], empty["ratio"]) == (0, None, None)
 
 
 def test_parse_wrk_and_its_figures() -> None:
-    w = report.parse_wrk(WRK_OUTPUT)
+    w = sf.parse_wrk(WRK_OUTPUT)
     assert w["requests"] == 120000 and w["duration"] == 10.0
     assert w["requests_per_s"] == 12000.0 and w["non_2xx"] == 7
     assert w["errors"] == {"read": 3, "timeout": 2}
     assert w["p50"] == pytest.approx(0.004)
     assert w["p99"] == pytest.approx(0.000812)
     assert w["max"] == pytest.approx(0.0453)
-    f = report.wrk_figures(w)
+    f = sf.wrk_figures(w)
     assert f["valid"] == 120000 - 7 - 3
     assert f["throughput"] == pytest.approx((120000 - 10) / 10)
     assert f["invalid"] == {"non-2xx": 7} and f["tool"] == "wrk"
     with pytest.raises(ValueError, match="Requests/sec"):
-        report.parse_wrk("wrk: connection refused")
+        sf.parse_wrk("wrk: connection refused")
 
 
 def test_fmt_seconds() -> None:
@@ -135,7 +136,7 @@ def test_fmt_seconds() -> None:
 
 
 def _run(config: str, scenario: str, valid: int, **extra: Any) -> dict[str, Any]:
-    figures = report.request_figures(
+    figures = sf.request_figures(
         [_res(i, 200, t1=101.0 + i) for i in range(valid)], limit=extra.pop("limit", None)
     )
     server = {"worker_timeouts": extra.pop("worker_timeouts", 0), "peak_db_connections": 15}
@@ -156,7 +157,7 @@ def _result(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_render_report_tables_and_notes() -> None:
     mixed = _run("gunitune", "mixed", 2, limit=1.0)
     mixed["trickle_path"] = "/fast"
-    mixed["trickle"] = report.request_figures([_res(0, 200)], None)
+    mixed["trickle"] = sf.request_figures([_res(0, 200)], None)
     result = _result([
         _run("stock", "io", 3, limit=2.0, worker_timeouts=4),
         mixed,
@@ -178,6 +179,13 @@ def test_render_report_tables_and_notes() -> None:
     assert "| gunitune | mixed: /fast | 1 | 1 |" in text
     assert "skipped: global deadline reached" in text
     assert "CPU seconds per /cpu request, measured unloaded: 50 ms." in text
+    assert "machine was busy" not in text
+    result["runs"][0]["cpu_busy_before"] = 80.0
+    assert "busy before these runs started (CPU use in the second before): stock io (80%)" in (
+        report.render_report(result)
+    )
+    result["cpu_samples"] = {"n": 40, "min": 0.045, "max": 0.061}
+    assert "50 ms (median of 40, 45 ms to 61 ms)." in report.render_report(result)
     # hello: gunitune 2 valid in 2 s vs hand-tuned 4 in 4 s: the same rate.
     assert "gunitune serves 1.00x hand-tuned's requests/s" in text
 
@@ -185,7 +193,7 @@ def test_render_report_tables_and_notes() -> None:
 def test_plot_writes_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     mixed = _run("gunitune", "mixed", 2)
-    mixed["trickle"] = report.request_figures([_res(0, 200)], None)
+    mixed["trickle"] = sf.request_figures([_res(0, 200)], None)
     result = _result([_run("stock", "io", 3), _run("gunitune", "io", 5), mixed])
     (tmp_path / "result.json").write_text(json.dumps(result))
     assert report.main([str(tmp_path)]) == 0
@@ -207,7 +215,7 @@ def test_configurations() -> None:
     for c in (stock, hand, tuned):
         assert c.env["DEMO_POOL_TIMEOUT"] == "30.0" and c.env["DEMO_CPU_LOOP"] == "100000000"
         assert "--timeout" in c.args or c.env["GUNITUNE_TIMEOUT"] == "30"
-    quick = configs.build_configs(configs.QUICK.__class__(workers=4), 2, ("gunitune", "hand-tuned"))
+    quick = configs.build_configs(configs.BenchSettings(workers=4), 2, ("gunitune", "hand-tuned"))
     assert [c.name for c in quick] == ["hand-tuned", "gunitune"]
     assert quick[0].args[3] == "4" and quick[1].env["GUNITUNE_WORKERS"] == "4"
 

@@ -490,6 +490,7 @@ def test_stats_keys(tmp_path: Path, made: Made) -> None:
         "admitted",
         "rejected",
         "queue_timeout",
+        "lane_timeout",
     }
     assert stats["pool"]["capacity"] in (0, 3)
     assert stats["routes"] == {}
