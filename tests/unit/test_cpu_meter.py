@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,11 @@ import greenlet
 import pytest
 
 from gunitune.cpu_meter import Account, GreenletCpuMeter
+from tests.unit.helpers import burn
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def burn(seconds: float) -> None:
-    """Spend ``seconds`` of this thread's CPU time."""
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
 class FakeClock:

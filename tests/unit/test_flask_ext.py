@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from gunitune import flask_ext, runtime
 from gunitune.admission import Admission
 from gunitune.core.errors import ConfigError
 from gunitune.core.limits import AcceptWindow
-from gunitune.core.settings import Settings
 from gunitune.flask_ext import EXTENSION_KEY, GuniTune
 from gunitune.http import Overloaded
 from gunitune.request_cycle import RequestCycle
-from tests.unit.flask_client import closing
+from tests.unit.helpers import burn, closing
 
 ENGINE_OPTIONS = {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 1}
 STATS_KEYS = {"pid", "admission", "accept_window", "routes", "pool"}
@@ -47,20 +45,8 @@ class RefusingSemaphore:
         raise AssertionError("nothing was acquired")
 
 
-def burn(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No GUNITUNE_* from the outer environment, no worker runtime left behind."""
-    for setting in Settings.declared():
-        monkeypatch.delenv(setting.key, raising=False)
-    runtime.unregister()
-    yield
-    runtime.unregister()
 
 
 @pytest.fixture

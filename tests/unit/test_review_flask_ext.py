@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,27 +17,15 @@ from structlog.testing import capture_logs
 from gunitune import configure, runtime
 from gunitune.core.cpus import CpuCount
 from gunitune.core.limits import AcceptWindow
-from gunitune.core.settings import Settings
 from gunitune.engines import describe
 from gunitune.flask_ext import GuniTune
-from tests.unit.flask_client import closing
+from tests.unit.helpers import burn, closing
 
 ENGINE_OPTIONS = {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 1}
 
 
-def burn(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for setting in Settings.declared():
-        monkeypatch.delenv(setting.key, raising=False)
-    runtime.unregister()
-    yield
-    runtime.unregister()
 
 
 @pytest.fixture
