@@ -80,6 +80,7 @@ def derive(environ: Mapping[str, str], cpus: CpuCount | None = None) -> Derived:
         max_overflow=settings.max_overflow,
         workers=_workers_from_env(settings, environ),
         burst=settings.burst,
+        max_held=settings.max_held,
         timeout=settings.timeout,
         somaxconn=read_somaxconn(),
     )
@@ -98,6 +99,7 @@ def with_workers(derived: Derived, workers: int) -> Derived:
         max_overflow=plan.max_overflow,
         workers=workers,
         burst=plan.burst,
+        max_held=plan.worker_connections,
         timeout=plan.timeout,
         somaxconn=plan.somaxconn,
     )

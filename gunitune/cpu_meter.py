@@ -54,7 +54,9 @@ class GreenletCpuMeter:
     """Accounts CPU time per greenlet for the greenlets it is asked to measure.
 
     One meter per process (greenlet's tracer is per thread; gevent workers run
-    one thread). Other tracers already installed are chained, not replaced.
+    one thread). Other tracers already installed are chained, not replaced. The
+    tracer runs on every greenlet switch of the worker, so it is installed only
+    while at least one request is being measured.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class GreenletCpuMeter:
         account = Account(label=label)
         self._switch_in(account)
         self._accounts[glet] = account
+        self.install()
 
     def stop(self, glet: Any = None) -> Account | None:
         """Stop measuring ``glet`` (default: current); return its totals."""
@@ -98,6 +101,8 @@ class GreenletCpuMeter:
         account = self._accounts.pop(glet, None)
         if account is not None and account.running:
             self._switch_out(account)
+        if not self._accounts:
+            self.uninstall()
         return account
 
     def relabel(self, label: str, glet: Any = None) -> None:

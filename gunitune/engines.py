@@ -5,19 +5,18 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 
-import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
+from gunitune.core.resolve import PoolFacts
 from gunitune.core.urls import mask_url
 
 __all__ = [
-    "admission_capacity",
     "describe",
     "dispose_after_fork",
     "find_engines",
-    "log_follow",
     "pool_capacity",
+    "pool_facts",
     "pool_timeout",
 ]
 
@@ -56,20 +55,9 @@ def pool_timeout(engine: Engine) -> float | None:
     return float(pool.timeout()) if isinstance(pool, QueuePool) else None
 
 
-def admission_capacity(engines: Iterable[Engine], primary: Engine | None = None) -> int | None:
-    """Requests a worker can admit without any of them waiting inside a pool.
-
-    The primary engine's pool (Flask-SQLAlchemy's default bind) when it is
-    bounded; else the smallest bounded pool, as a request may use any of them.
-    Summing the binds would admit requests that then queue inside the pool
-    they all use. ``None`` when no pool is bounded.
-    """
-    if primary is not None:
-        capacity = pool_capacity(primary)
-        if capacity is not None:
-            return capacity
-    sizes = [c for c in (pool_capacity(e) for e in engines) if c is not None]
-    return min(sizes) if sizes else None
+def pool_facts(engines: Iterable[Engine], primary: Engine | None = None) -> list[PoolFacts]:
+    """The engines' pools as :func:`gunitune.core.resolve.resolve` takes them."""
+    return [PoolFacts(pool_capacity(e), primary=e is primary) for e in engines]
 
 
 def describe(engine: Engine) -> dict[str, object]:
@@ -95,16 +83,3 @@ def dispose_after_fork(engines: Iterable[Engine]) -> int:
         engine.dispose(close=False)
         count += 1
     return count
-
-
-def log_follow(pid: int, planned: int, capacity: int, engines: list[Engine]) -> None:
-    """Say that a worker accepts what its real pool serves, not what was planned."""
-    structlog.get_logger("gunitune").warning(
-        "worker_follows_engine",
-        pid=pid,
-        planned_worker_connections=planned,
-        engine_capacity=capacity,
-        engines=[describe(e) for e in engines],
-        why="the app's real pool differs from GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW;"
-        " this worker accepts what its real pool can serve",
-    )

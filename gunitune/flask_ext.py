@@ -1,16 +1,18 @@
 """The Flask extension: ``GuniTune(app, db)`` or ``tune.init_app(app, db)``.
 
-Per worker it caps requests in flight at the pool's capacity, sends CPU-bound
-routes through the CPU lane, refuses what cannot be served in time with a 503
-and ``Retry-After`` (a Werkzeug ``HTTPException``, so the app's error handlers
-apply), learns which routes are CPU-bound, steers the worker's accept window
-(under ``gunitune.worker.GuniTuneWorker``) and logs QueuePool pressure.
+Per worker it queues each request in its route's lane (no slot for routes
+without a database, fast database work ahead of slow, CPU-bound work through
+the CPU lane), caps database work at the pool's capacity so nothing waits inside
+SQLAlchemy's QueuePool, refuses what cannot be served with a 503 and
+``Retry-After`` (a Werkzeug ``HTTPException``, so the app's error handlers
+apply), learns each route's lane and logs QueuePool pressure.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -18,18 +20,16 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy.engine import Engine
 
 from gunitune import engines as engine_facts
-from gunitune import runtime
-from gunitune.admission import Admission
-from gunitune.core.errors import ConfigError
+from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 from gunitune.core.limits import RouteProfiles
 from gunitune.core.pressure import PressureMonitor
-from gunitune.core.settings import Settings, reject_unknown
+from gunitune.core.resolve import Resolved, resolve, settings_from
 from gunitune.cpu_meter import GreenletCpuMeter
 from gunitune.http import Overloaded, stats_view
 from gunitune.request_cycle import RequestCycle
 from gunitune.telemetry import PoolTelemetry
 
-__all__ = ["EXTENSION_KEY", "GuniTune", "Overloaded"]
+__all__ = ["EXTENSION_KEY", "GuniTune", "Overloaded", "find_cycle"]
 
 EXTENSION_KEY = "gunitune"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,29 +46,39 @@ def _mark(mode: str) -> Callable[[F], F]:
 
 
 class GuniTune:
-    """Admission control, CPU lane, shedding and pool telemetry for a Flask app.
+    """Lanes, shedding and pool telemetry for a Flask app.
 
-    ``db`` is a Flask-SQLAlchemy ``SQLAlchemy`` instance (every bind counts
-    toward the capacity); without it, the one registered on the app is used,
-    and without any, the capacity is ``GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW``.
+    ``db`` is a Flask-SQLAlchemy ``SQLAlchemy`` instance; without it, the one
+    registered on the app is used. ``engines`` names plain SQLAlchemy engines
+    (an app without Flask-SQLAlchemy, or engines built lazily). Without any,
+    the database capacity is ``GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW``.
     Settings are the ``GUNITUNE_*`` keys of ``app.config``, defaulting to the
     environment and then to the declared defaults (see ``gunitune settings``).
     """
 
-    def __init__(self, app: Flask | None = None, db: Any = None) -> None:
+    def __init__(
+        self, app: Flask | None = None, db: Any = None, *, engines: Iterable[Engine] = ()
+    ) -> None:
         self.db = db
-        self._cycles: dict[int, RequestCycle] = {}
+        self.engines = list(engines)
+        self._cycles: weakref.WeakKeyDictionary[Flask, RequestCycle] = (
+            weakref.WeakKeyDictionary()
+        )
         if app is not None:
             self.init_app(app, db)
 
-    exempt = staticmethod(_mark("exempt"))
-    """Decorator: the view bypasses admission and measurement (health checks)."""
-    cpu_bound = staticmethod(_mark("cpu"))
-    """Decorator: always send the view through the CPU lane."""
+    exempt = staticmethod(_mark(EXEMPT))
+    """Decorator: no queue, no slot, no measurement (health checks)."""
+    fast = staticmethod(_mark(FAST))
+    """Decorator: always the fast database lane."""
+    slow = staticmethod(_mark(SLOW))
+    """Decorator: always the slow database lane."""
+    cpu_bound = staticmethod(_mark(CPU))
+    """Decorator: always through the CPU lane."""
     io_bound = staticmethod(_mark("io"))
-    """Decorator: never send the view through the CPU lane, whatever it measures."""
+    """Decorator: never through the CPU lane, whatever it measures."""
 
-    def init_app(self, app: Flask, db: Any = None) -> None:
+    def init_app(self, app: Flask, db: Any = None, *, engines: Iterable[Engine] = ()) -> None:
         """Register on ``app`` (once per app) and install the request hooks."""
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
@@ -76,46 +86,35 @@ class GuniTune:
                 "GuniTune per app and call init_app once (or pass the app to the "
                 "constructor, not both)."
             )
-        settings = self._settings_for(app)
+        # Validate now: a bad setting stops the app at start, not at first request.
+        settings = settings_from(os.environ, app.config)
         db = db if db is not None else (self.db or app.extensions.get("sqlalchemy"))
-        engines, primary = self._engines_of(app, db)
-        capacity = engine_facts.admission_capacity(engines, primary)
-        if capacity is None:
-            overflow = max(settings.max_overflow, 0)
-            capacity = max(1, settings.pool_size + overflow)
-        timeouts = [t for t in (engine_facts.pool_timeout(e) for e in engines) if t is not None]
-        pool_timeout = min(timeouts) if timeouts else settings.pool_timeout
-        queue_timeout = settings.queue_timeout or pool_timeout / 2
-        if queue_timeout >= pool_timeout:
-            log.warning(
-                "queue_timeout_not_below_pool_timeout",
-                queue_timeout=queue_timeout,
-                pool_timeout=pool_timeout,
-                fix="set GUNITUNE_QUEUE_TIMEOUT below the pool's timeout, or leave it on auto",
+        found, primary = self._engines_of(app, db)
+        all_engines = [*found, *(e for e in [*self.engines, *engines] if e not in found)]
+        primary = primary or (all_engines[0] if all_engines else None)
+
+        def resolve_own() -> Resolved:
+            return resolve(
+                os.environ, app.config, None, engine_facts.pool_facts(all_engines, primary)
             )
-        worker = runtime.current()
-        if worker is not None:
-            worker.adopt(settings)
-            if worker.follow(capacity, f"GuniTune on app {app.name!r}"):
-                engine_facts.log_follow(os.getpid(), worker.planned_capacity, capacity, engines)
-        admission = Admission(
-            capacity,
-            cpu_concurrency=settings.cpu_concurrency,
-            queue_timeout=queue_timeout,
-            lane_timeout=max(queue_timeout, float(settings.timeout)),
-            heartbeat=_worker_heartbeat,
-        )
+
         cycle = RequestCycle(
             app=app,
-            settings=settings,
-            admission=admission,
-            profiles=RouteProfiles(threshold=min(settings.cpu_bound_ratio, 1.0)),
+            resolve_own=resolve_own,
+            profiles=RouteProfiles(
+                threshold=min(settings.cpu_bound_ratio, 1.0), fast_seconds=settings.fast_seconds
+            ),
             meter=_process_meter(),
-            telemetry=PoolTelemetry(engines, PressureMonitor()),
+            telemetry=PoolTelemetry(all_engines, PressureMonitor()),
+            engines=all_engines,
+            primary=primary,
             mode_of=lambda view: getattr(view, _MODE_ATTRIBUTE, None),
+            block_threshold=settings.block_threshold,
+            pressure_interval=settings.pressure_interval,
+            retry_after=settings.retry_after,
         )
         app.extensions[EXTENSION_KEY] = self
-        self._cycles[id(app)] = cycle
+        self._cycles[app] = cycle
         app.before_request(cycle.before_request)
         app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
         app.after_request(cycle.after_request)
@@ -126,19 +125,15 @@ class GuniTune:
             "gunitune_extension_ready",
             app=app.name,
             pid=os.getpid(),
-            capacity=capacity,
-            queue_timeout=queue_timeout,
-            cpu_concurrency=settings.cpu_concurrency,
-            engines=[engine_facts.describe(e) for e in engines],
-            accept_gate=_gate_state(worker, settings),
+            engines=[engine_facts.describe(e) for e in all_engines],
         )
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
-        """This worker's numbers: admission, CPU lane, accept window, routes, pool pressure."""
-        cycle = self._cycle(app)
-        return cycle.stats()
+        """This worker's numbers: lanes, gate, routes, pool pressure."""
+        return self.cycle(app).stats()
 
-    def _cycle(self, app: Flask | None) -> RequestCycle:
+    def cycle(self, app: Flask | None = None) -> RequestCycle:
+        """The extension's state for ``app`` (default: the current app, or the only one)."""
         if app is None and has_app_context():
             app = current_app._get_current_object()  # type: ignore[attr-defined]
         if app is None:
@@ -146,23 +141,11 @@ class GuniTune:
                 return next(iter(self._cycles.values()))
             raise RuntimeError("GuniTune.stats() needs the app: pass it, or call it in a request")
         try:
-            return self._cycles[id(app)]
+            return self._cycles[app]
         except KeyError:
             raise RuntimeError(
                 f"GuniTune is not registered on the app {app.name!r}: call init_app(app) first"
             ) from None
-
-    @staticmethod
-    def _settings_for(app: Flask) -> Settings:
-        # Flask-SQLAlchemy style: app.config wins, the environment is the default.
-        for key in Settings.keys():  # noqa: SIM118  # a classmethod, not a dict
-            if key in os.environ:
-                app.config.setdefault(key, os.environ[key])
-        try:
-            reject_unknown(os.environ)
-            return Settings.from_sources(app.config)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (in app.config or the environment)") from None
 
     @staticmethod
     def _engines_of(app: Flask, db: Any) -> tuple[list[Engine], Engine | None]:
@@ -178,18 +161,17 @@ class GuniTune:
             return ([engine], engine) if isinstance(engine, Engine) else ([], None)
 
 
-def _gate_state(worker: runtime.WorkerRuntime | None, settings: Settings) -> str:
-    if worker is None:
-        return "none here (not a gunitune worker, or set up in the master before fork)"
-    return "adaptive" if settings.adaptive else "off"
-
-
-def _worker_heartbeat() -> None:
-    # Looked up per call: with preload_app the app (and this extension) is set
-    # up in the master, before any worker exists.
-    worker = runtime.current()
-    if worker is not None:
-        worker.heartbeat()
+def find_cycle(wsgi: Any) -> RequestCycle | None:
+    """The extension's state of the Flask app a worker serves, through WSGI middleware."""
+    seen = 0
+    while wsgi is not None and seen < 8:
+        if isinstance(wsgi, Flask):
+            extension = wsgi.extensions.get(EXTENSION_KEY)
+            return extension.cycle(wsgi) if isinstance(extension, GuniTune) else None
+        # Middleware (ProxyFix, DispatcherMiddleware's default app) keeps the app in `.app`.
+        wsgi = getattr(wsgi, "app", None)
+        seen += 1
+    return None
 
 
 _meter: GreenletCpuMeter | None = None
@@ -200,6 +182,4 @@ def _process_meter() -> GreenletCpuMeter:
     global _meter
     if _meter is None:
         _meter = GreenletCpuMeter()
-        _meter.install()
     return _meter
-

@@ -1,32 +1,38 @@
-"""The extension's per-request work: admit, measure, release, learn, report.
+"""The extension's per-request work: pick the lane, acquire, measure, release, learn.
 
 Admission happens in ``before_request`` (after routing, so the route is known,
-and inside Flask, so the 503 goes through the app's error handlers). Release
+and inside Flask, so a 503 goes through the app's error handlers). Release
 happens in a WSGI wrapper around ``app.wsgi_app``, when the server closes the
 response: after a streamed body has been produced, after Flask-SQLAlchemy has
 returned the session's connection in its app-context teardown, and whatever
 other teardown functions raise. A slot released any earlier would let the next
 request meet a pool with no free connection.
+
+The hot path is kept short: a route that needs no database slot and is not
+being sampled does not reach the wrapper's close hook at all.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Flask, Response, g, request
-from werkzeug.wsgi import ClosingIterator
+from flask import Flask, Response, request
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
-from gunitune import runtime
-from gunitune.admission import Admission, Rejected
-from gunitune.core.limits import RouteProfiles, retry_after_seconds
-from gunitune.core.settings import Settings
+from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
+from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
+from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
 from gunitune.http import Overloaded
+from gunitune.limiter import ClientGone, Limiter, Moved, Rejected, Ticket
 from gunitune.telemetry import PoolTelemetry
 
 if TYPE_CHECKING:
@@ -36,15 +42,23 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
-_G_SHED = "_gunitune_shed_retry_after"
+_SHED_KEY = "gunitune.retry_after"
 # Loop-block reports: at most one event per route in this many seconds.
 _BLOCK_REPORT_INTERVAL = 10.0
+# Decorator modes: lanes forced by the app, plus "io" (any lane but the CPU lane).
+MODES = (EXEMPT, FAST, SLOW, CPU, "io")
+_current: ContextVar[_InFlight | None] = ContextVar("gunitune_in_flight", default=None)
 
 
-@dataclass
+@dataclass(slots=True)
 class _InFlight:
     route: str
-    ticket: Any
+    profile: RouteProfile
+    db_lane: str
+    cpu: bool
+    measured: bool
+    ticket: Ticket | None = None
+    used_db: bool = False
 
 
 @dataclass
@@ -61,45 +75,132 @@ class _BlockReports:
         return 1 + self.suppressed.pop(route, 0)
 
 
+def client_gone(sock: Any) -> bool:
+    """True when the peer closed or reset the connection (a peek, never a wait)."""
+    raw = getattr(sock, "_sock", sock)  # gevent's socket would wait for data
+    try:
+        peeked: bytes = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return peeked == b""
+
+
+class _Closing:
+    """The response body, with ``on_close`` run even when the body's own close raises."""
+
+    __slots__ = ("_body", "_on_close")
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._body = body
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
+
+
 @dataclass
 class RequestCycle:
-    """Before/teardown hooks of one app, with the state they share."""
+    """The extension's state for one app: routes, limiter, meter, telemetry."""
 
     app: Flask
-    settings: Settings
-    admission: Admission
+    resolve_own: Callable[[], Resolved]
     profiles: RouteProfiles
     meter: GreenletCpuMeter
     telemetry: PoolTelemetry
+    engines: list[Engine]
+    primary: Engine | None
     mode_of: Callable[[Any], str | None]
+    block_threshold: float = 0.5
+    pressure_interval: float = 1.0
+    retry_after: int | None = None
     clock: Callable[[], float] = time.monotonic
+    limiter: Limiter | None = None
+    _modes: dict[str | None, str | None] = field(default_factory=dict)
     _blocks: _BlockReports = field(default_factory=_BlockReports)
     _watcher: Any = None
 
+    def __post_init__(self) -> None:
+        for engine in self.engines:
+            event.listen(engine, "checkout", self._on_checkout)
+
+    def attach(self, limiter: Limiter) -> None:
+        """Use the worker's limiter (called once by the worker, after the app loaded)."""
+        self.limiter = limiter
+
+    def _limiter(self) -> Limiter:
+        # Outside a gunitune worker (flask run, a stock worker) the extension
+        # builds its own, on first use: with preload_app that is after fork.
+        if self.limiter is None:
+            self.limiter = Limiter(self.resolve_own())
+        return self.limiter
+
     def before_request(self) -> None:
-        """Admit the request or raise :class:`Overloaded`; start measuring it."""
-        view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
-        mode = self.mode_of(view)
-        if mode == "exempt":
-            return
-        self._start_watcher()
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        cpu_bound = mode == "cpu" or (mode != "io" and self.profiles.is_cpu_bound(route))
+        """Pick the request's lane and wait for it, or raise :class:`Overloaded`."""
+        endpoint = request.endpoint
         try:
-            ticket = self.admission.admit(cpu_bound=cpu_bound)
-        except Rejected as exc:
-            self.telemetry.record_shed()
-            self.telemetry.observe(self.admission.waiting)
-            retry_after = self._retry_after(route)
-            setattr(g, _G_SHED, retry_after)
-            raise Overloaded(retry_after, exc.reason, exc.waited) from None
-        self.telemetry.record_wait(ticket.waited)
-        request.environ[_ENVIRON_KEY] = _InFlight(route, ticket)
-        self.meter.start(route)
+            mode = self._modes[endpoint]
+        except KeyError:
+            view = self.app.view_functions.get(endpoint) if endpoint else None
+            mode = self._modes[endpoint] = self.mode_of(view)
+        if mode == EXEMPT:
+            _current.set(None)
+            return
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        profile = self.profiles.get(route)
+        measured = self.profiles.should_measure(profile)
+        db_lane, cpu = _decide(mode, self.profiles.lanes_for(profile))
+        state = _InFlight(route, profile, db_lane, cpu, measured)
+        _current.set(state)
+        environ = request.environ
+        if cpu or db_lane != EXEMPT:
+            self._start_watcher()
+            state.ticket = self._acquire(state, mode, environ)
+        if state.measured:
+            self.meter.start(route)
+        if state.ticket is not None or state.measured:
+            environ[_ENVIRON_KEY] = state
+
+    def _acquire(
+        self, state: _InFlight, mode: str | None, environ: WSGIEnvironment
+    ) -> Ticket | None:
+        limiter = self._limiter()
+        sock = environ.get("gunicorn.socket")
+        gone = (lambda: client_gone(sock)) if sock is not None else None
+        while True:
+            try:
+                return limiter.acquire(
+                    state.db_lane, cpu=state.cpu, route=state.route, client_gone=gone
+                )
+            except Moved:
+                # Its route was classified while it waited: queue in the new lane.
+                state.db_lane, state.cpu = _decide(mode, self.profiles.lanes_for(state.profile))
+                if not state.cpu and state.db_lane == EXEMPT:
+                    return None
+            except Rejected as exc:
+                self.telemetry.record_shed()
+                self.telemetry.observe(limiter.waiting())
+                retry_after = self._retry_after(state.profile, limiter)
+                environ[_SHED_KEY] = retry_after
+                raise Overloaded(retry_after, exc.reason, exc.waited) from None
+            except ClientGone:
+                from werkzeug.exceptions import ClientDisconnected
+
+                raise ClientDisconnected() from None
 
     def after_request(self, response: Response) -> Response:
         """Keep ``Retry-After`` on a shed request even when the app renders its own 503."""
-        retry_after = g.pop(_G_SHED, None)
+        retry_after = request.environ.get(_SHED_KEY)
         if retry_after is not None and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = str(retry_after)
         return response
@@ -115,35 +216,54 @@ class RequestCycle:
             except BaseException:
                 self.finish(environ)
                 raise
-            return ClosingIterator(body, [lambda: self.finish(environ)])
+            if _ENVIRON_KEY not in environ:
+                return body
+            return _Closing(body, lambda: self.finish(environ))
 
         return release_on_close
 
     def finish(self, environ: WSGIEnvironment) -> None:
-        """Release the slot, learn from the request, report pressure and loop blocks."""
+        """Release the slots, learn from the request, report loop blocks."""
         state: _InFlight | None = environ.pop(_ENVIRON_KEY, None)
         if state is None:
             return
         try:
-            account = self.meter.stop()
+            account = self.meter.stop() if state.measured else None
         finally:
-            self.admission.release(state.ticket)
+            if state.ticket is not None:
+                self._limiter().release(state.ticket)
         if account is None:
             return
-        self.profiles.add(state.route, account.cpu, account.own_wall)
-        worker = runtime.current()
-        if worker is not None and worker.adaptive:
-            worker.window.on_sample(account.cpu, account.own_wall)
-        if account.longest_slice >= self.settings.block_threshold:
+        profile = state.profile
+        before = (profile.lane, profile.db_lane)
+        self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db)
+        if (profile.lane, profile.db_lane) != before and self.limiter is not None:
+            self.limiter.reroute(state.route, profile.db_lane, profile.lane == CPU)
+            log.info(
+                "route_lane",
+                route=state.route,
+                lane=profile.lane,
+                db_lane=profile.db_lane,
+                was=before[0],
+                pid=os.getpid(),
+            )
+        if account.longest_slice >= self.block_threshold:
             self._report_block(state.route, account.longest_slice)
-        self.telemetry.observe(self.admission.waiting)
 
-    def _retry_after(self, route: str) -> int:
-        if self.settings.retry_after is not None:
-            return self.settings.retry_after
-        profile = self.profiles.routes.get(route)
-        per_request = profile.wall_seconds if profile else self.admission.queue_timeout
-        return retry_after_seconds(self.admission.waiting + 1, self.admission.capacity, per_request)
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        state = _current.get()
+        if state is None or state.used_db:
+            return
+        state.used_db = True
+        if state.db_lane == EXEMPT:
+            # A route learned as database-free used the database: back to a lane.
+            self.profiles.saw_database(state.route)
+
+    def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:
+        if self.retry_after is not None:
+            return self.retry_after
+        per_request = profile.wall_seconds or (limiter.queue_timeout or 1.0)
+        return retry_after_seconds(limiter.waiting() + 1, limiter.db.limit, per_request)
 
     def _report_block(self, route: str, seconds: float) -> None:
         count = self._blocks.due(route, self.clock())
@@ -153,46 +273,47 @@ class RequestCycle:
                 route=route,
                 seconds=round(seconds, 3),
                 blocks=count,
-                threshold=self.settings.block_threshold,
+                threshold=self.block_threshold,
                 pid=os.getpid(),
                 hint="CPU work in a gevent worker holds every other request of this worker",
             )
 
     def _start_watcher(self) -> None:
-        """A greenlet that checks pool pressure while no request arrives (gevent only)."""
+        """A greenlet that checks pool pressure every interval (gevent only)."""
         if self._watcher is not None:
             return
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
-            self._watcher = False  # not in a gevent worker: per-request checks only
+            self._watcher = False  # not in a gevent worker: checks on shedding only
             return
         import gevent
 
         def watch() -> None:
             while True:
-                gevent.sleep(self.settings.pressure_interval)
-                self.telemetry.observe(self.admission.waiting)
+                gevent.sleep(self.pressure_interval)
+                limiter = self.limiter
+                self.telemetry.observe(limiter.waiting() if limiter is not None else 0)
 
         self._watcher = gevent.spawn(watch)
 
     def stats(self) -> dict[str, Any]:
         """All numbers of this worker, for ``GuniTune.stats()`` and the stats endpoint."""
-        worker = runtime.current()
-        window: dict[str, Any] | None = None
-        if worker is not None:
-            w = worker.window
-            window = {
-                "window": w.window,
-                "capacity": w.capacity,
-                "planned_capacity": worker.planned_capacity,
-                "cpu_per_request_ms": round(w.cpu_per_request * 1000, 3),
-                "adaptive": worker.adaptive,
-            }
         return {
             "pid": os.getpid(),
-            "admission": self.admission.stats(),
-            "accept_window": window,
+            "limiter": self._limiter().stats(),
             "routes": self.profiles.snapshot(),
             "pool": self.telemetry.stats(),
         }
+
+
+def _decide(mode: str | None, learned: tuple[str, bool]) -> tuple[str, bool]:
+    """(database lane, through the CPU lane?) for a request: decorators win over learning."""
+    db_lane, cpu = learned
+    if mode is None:
+        return db_lane, cpu
+    if mode == "io":
+        return db_lane, False
+    if mode == CPU:
+        return db_lane, True
+    return mode, False

@@ -1,178 +1,88 @@
-"""A Gunicorn gevent worker whose accept loop gunitune steers.
+"""A Gunicorn gevent worker that holds a storm in user space and schedules it by lane.
 
 Gunicorn's gevent worker wraps each listener in ``gevent.pool.Pool(worker_connections)``
-and stops accepting while the pool is full, so further connections wait in the
-kernel backlog where any idle worker can take them. That gate is the only place
-where a limit can move work to another worker: a limit applied after accept
-cannot. This worker keeps Gunicorn's gevent worker as it is and makes the gate
-adaptive (:class:`gunitune.core.limits.AcceptWindow`): as wide as the SQLAlchemy
-pool for IO-bound work, as narrow as the CPU lane for CPU-bound work.
+and stops accepting while the pool is full; what it does not accept waits in the
+kernel's listen queue, which is FIFO, blind to routes and capped by
+``net.core.somaxconn`` (a burst above it costs SYN retries and resets). This
+worker accepts far beyond what it can run (``GUNITUNE_MAX_HELD`` connections,
+bounded by memory), reads and routes each request, and lets its
+:class:`~gunitune.limiter.Limiter` queue it by lane: a health check is answered
+at once, a fast query waits for one slot, never behind the slow ones.
 
-It also fixes what the stock worker leaves to chance:
+Holding requests makes who accepts decide who serves, so the workers balance:
+each publishes how many requests it holds on a :class:`~gunitune._board.LoadBoard`
+and accepts while no other worker holds clearly less (:mod:`gunitune.core.balance`).
 
-* the heartbeat (a file touch the arbiter watches) runs on the same event loop
-  as the requests, so CPU-bound requests starve it and the arbiter kills a
-  worker that is working. Here every finished request proves progress and
-  touches the file; a request stuck longer than ``timeout`` still gets killed.
-* psycopg2 is made green (a gevent wait callback) before the app is loaded.
-* engines inherited from a preloading master are disposed without closing the
-  master's connections.
+It also:
 
-Select it with ``worker_class = "gunitune.worker.GuniTuneWorker"``, which
-``gunitune.conf`` does.
+* touches the heartbeat when requests finish (rate-limited): the heartbeat runs
+  on the same event loop as the requests, and CPU-bound work starves it;
+* makes psycopg2 green before the app is loaded, and disposes engines inherited
+  from a preloading master without closing the master's connections;
+* on SIGTERM, SIGHUP reload and ``max_requests`` recycling, stops accepting and
+  serves what it holds within ``graceful_timeout``; queued requests it cannot
+  start in time get a 503 + ``Retry-After`` instead of a reset.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+import gevent
 import structlog
-from gevent.hub import get_hub
-from gevent.lock import Semaphore
-from gevent.pool import Pool
 from gunicorn.workers import base, ggevent
-from sqlalchemy.engine import Engine
 
 from gunitune import engines as engine_facts
-from gunitune import green, runtime
-from gunitune.core.errors import GunituneError
-from gunitune.core.limits import AcceptWindow
-from gunitune.core.settings import Settings
+from gunitune import green
+from gunitune._board import LoadBoard, Seat
+from gunitune._gate import EagerServer, GatedPool, HeldGate
+from gunitune.core.errors import ConfigError, GunituneError
+from gunitune.core.resolve import GunicornFacts, resolve
+from gunitune.limiter import Limiter
 
-__all__ = ["AcceptGate", "GatedPool", "GuniTuneWorker"]
+__all__ = ["GuniTuneWorker"]
 
 log = structlog.get_logger("gunitune")
 
 # Exit code that makes the arbiter stop instead of respawning forever.
 _WORKER_BOOT_ERROR = 3
-
-
-class AcceptGate:
-    """The accept window of one worker, shared by the pools of all its listeners.
-
-    Counts the connections the worker holds over every listener, so two binds
-    together stay within one window, and re-arms any paused accept loop when
-    there is room again: when a connection ends or when the window grows.
-    """
-
-    def __init__(self, window: AcceptWindow) -> None:
-        self.window = window
-        self.pools: list[GatedPool] = []
-        window.subscribe(self._window_changed)
-
-    def held(self) -> int:
-        """Connections held by the worker, over all listeners."""
-        return sum(len(pool) for pool in self.pools)
-
-    def full(self) -> bool:
-        """True when the worker holds as many connections as its window allows."""
-        return self.held() >= self.window.window
-
-    def notify(self) -> None:
-        """Resume every accept loop waiting for room, if there is room."""
-        for pool in self.pools:
-            pool._semaphore.notify_if_open()
-
-    def _window_changed(self, old: int, new: int) -> None:
-        if new > old:
-            self.notify()
-
-
-class _GateSemaphore:
-    """The pool's semaphore, as the accept loop sees it.
-
-    When the pool is full, gevent's server stops accepting and ``rawlink``s a
-    callback on the pool's semaphore to resume. A plain semaphore calls it as
-    soon as it has a permit, which with a window narrower than the pool's size
-    is at once: the server would re-arm accept on every loop turn, spinning a
-    core while connections wait. Here a link fires once, when the gate has room.
-    """
-
-    def __init__(self, size: int, gate: AcceptGate) -> None:
-        self._inner = Semaphore(size)
-        self._gate = gate
-        self._links: list[Callable[[Any], None]] = []
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return bool(self._inner.acquire(blocking, timeout))
-
-    def release(self) -> None:
-        self._inner.release()
-        # Room on one listener is room for all of them: the window is shared.
-        self._gate.notify()
-
-    def wait(self, timeout: float | None = None) -> int:
-        return int(self._inner.wait(timeout))
-
-    def rawlink(self, callback: Callable[[Any], None]) -> None:
-        if callback not in self._links:
-            self._links.append(callback)
-        self.notify_if_open()
-
-    def unlink(self, callback: Callable[[Any], None]) -> None:
-        if callback in self._links:
-            self._links.remove(callback)
-
-    def notify_if_open(self) -> None:
-        """Resume whoever waits for room, if the gate has room."""
-        if self._links and not self._gate.full():
-            links, self._links = self._links, []
-            loop = get_hub().loop
-            for callback in links:
-                loop.run_callback(callback, self)
-
-
-class GatedPool(Pool):  # type: ignore[misc]  # gevent is untyped
-    """A gevent ``Pool`` that reports itself full when its worker's gate is.
-
-    ``size`` stays the worker's fixed ceiling (Gunicorn's graceful shutdown
-    compares ``free_count()`` with it); ``full()``, which the accept loop checks
-    before each accept, and the semaphore's links follow the gate.
-    """
-
-    def __init__(self, size: int, gate: AcceptGate | AcceptWindow) -> None:
-        super().__init__(size)
-        self.gate = gate if isinstance(gate, AcceptGate) else AcceptGate(gate)
-        self.gate.pools.append(self)
-        self._semaphore = _GateSemaphore(size, self.gate)
-
-    @property
-    def window(self) -> AcceptWindow:
-        """The worker's adaptive window."""
-        return self.gate.window
-
-    def full(self) -> bool:
-        """True when the worker holds as many connections as its window allows."""
-        return len(self) >= self.size or self.gate.full()
+# Part of graceful_timeout kept for the requests already started when the
+# worker refuses what is still queued.
+_DRAIN_RESERVE = 0.5
 
 
 class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
-    """Gunicorn's gevent worker with an adaptive accept gate and a progress heartbeat."""
+    """Gunicorn's gevent worker with held requests, lanes, balance and a progress heartbeat."""
+
+    _board: ClassVar[LoadBoard | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.limiter: Limiter | None = None
+        self.gate: HeldGate | None = None
+        self.seat: Seat | None = None
+        self._alive = True
+        super().__init__(*args, **kwargs)
+        # The arbiter builds its workers in the master, before fork: the board
+        # made here is shared by every worker this master forks, reloads included.
+        if GuniTuneWorker._board is None:
+            GuniTuneWorker._board = LoadBoard()
+        self.board = GuniTuneWorker._board
+
+    @property
+    def alive(self) -> bool:
+        """Gunicorn's run flag; clearing it (SIGTERM, reload, max_requests) starts the drain."""
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        was, self._alive = self._alive, value
+        if was and not value:
+            self._begin_drain()
 
     def init_process(self) -> None:
-        """Set up the gate and the green driver, then hand over to Gunicorn (never returns)."""
-        self.settings = Settings.from_sources(os.environ)
-        budget = self.settings.cpu_budget or max(0.5, self.cfg.timeout / 10)
-        # The pool's fixed size is a ceiling the window never needs to pass: the
-        # real engine may be larger than what the config module planned.
-        self.gate_size = max(self.worker_connections, 10_000)
-        self.window = AcceptWindow(
-            capacity=self.worker_connections + self.settings.overcommit,
-            floor=self.settings.cpu_concurrency,
-            cpu_budget=budget,
-        )
-        runtime.register(
-            runtime.WorkerRuntime(
-                window=self.window,
-                heartbeat=self.heartbeat,
-                planned_capacity=self.worker_connections,
-                adaptive=self.settings.adaptive,
-                overcommit=self.settings.overcommit,
-            )
-        )
+        """Make the driver green and drop inherited pools, then hand over to Gunicorn."""
         green.make_psycopg2_green()
         if self.cfg.preload_app:
             disposed = engine_facts.dispose_after_fork(engine_facts.find_engines())
@@ -181,32 +91,53 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         super().init_process()
 
     def load_wsgi(self) -> None:
-        """Load the app, then size the gate from its real engines and check the driver."""
+        """Load the app, then resolve the settings once and build this worker's limiter."""
         super().load_wsgi()
         try:
-            self._follow_app_engines()
+            self._set_up()
         except GunituneError as exc:
             # One clear line, then an exit code that stops the arbiter: every
             # worker would fail the same way.
             print(f"gunitune: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(_WORKER_BOOT_ERROR)
 
-    def _follow_app_engines(self) -> None:
-        engines = engine_facts.find_engines()
-        self._size_gate(engines)
-        self._check_drivers(engines)
+    def _set_up(self) -> None:
+        from gunitune.flask_ext import find_cycle  # Flask loads only once the app has
 
-    def _size_gate(self, engines: list[Engine]) -> None:
-        worker = runtime.current()
-        capacity = engine_facts.admission_capacity(engines)
-        # The extension, when the app has one, already followed its own engines.
-        if worker is None or worker.followed is not None or capacity is None:
-            return
-        if worker.follow(capacity, "engines found after the app loaded"):
-            engine_facts.log_follow(self.pid, worker.planned_capacity, capacity, engines)
+        cycle = find_cycle(self.wsgi)
+        engines = cycle.engines if cycle is not None else engine_facts.find_engines()
+        primary = cycle.primary if cycle is not None else None
+        facts = GunicornFacts(
+            timeout=float(self.cfg.timeout),
+            graceful_timeout=float(self.cfg.graceful_timeout),
+            worker_connections=int(self.cfg.worker_connections),
+        )
+        try:
+            resolved = resolve(
+                os.environ,
+                cycle.app.config if cycle is not None else {},
+                facts,
+                engine_facts.pool_facts(engines, primary),
+            )
+        except ConfigError as exc:
+            raise GunituneError(str(exc)) from None
+        self.limiter = Limiter(resolved, heartbeat=self.heartbeat)
+        if cycle is not None:
+            cycle.attach(self.limiter)
+        log.info(
+            "worker_ready",
+            pid=self.pid,
+            db_slots=resolved.db_capacity,
+            db_slots_from=resolved.capacity_source,
+            max_held=resolved.max_held,
+            fast_share=resolved.settings.fast_share,
+            cpu_concurrency=resolved.settings.cpu_concurrency,
+            extension="on" if cycle is not None else "off (no GuniTune on the app)",
+        )
+        self._check_drivers(engines, resolved.settings.green_check)
 
-    def _check_drivers(self, engines: list[Engine]) -> None:
-        if self.settings.green_check == "off":
+    def _check_drivers(self, engines: list[Any], mode: str) -> None:
+        if mode == "off":
             return
         for engine in engines:
             if engine.dialect.name != "postgresql":
@@ -222,29 +153,57 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
                 continue
             if check.yields:
                 continue
-            if self.settings.green_check == "error":
+            if mode == "error":
                 raise GunituneError(check.message)
             log.warning("driver_not_green", pid=self.pid, message=check.message)
 
     def run(self) -> None:
-        """Run Gunicorn's gevent worker loop with the gated pool in place of its Pool."""
-        # Gunicorn builds one Pool(worker_connections) per listener inside run();
-        # this process is a forked child, so rebinding the module name is local to it.
+        """Take a seat on the board, then run Gunicorn's loop with the gated pool."""
+        assert self.limiter is not None, "load_wsgi() builds the limiter before run()"
+        self.seat = self.board.take_seat(self.pid)
+        self.gate = HeldGate(self.limiter.resolved.max_held, self.seat, self.sockets)
+        self.limiter.gate_stats = self.gate.stats
+        # Gunicorn builds one Pool(worker_connections) and one StreamServer per
+        # listener inside run(); this process is a forked child, so rebinding
+        # the module names is local to it.
         ggevent.Pool = self._make_pool
-        super().run()
+        ggevent.StreamServer = EagerServer
+        self.seat.set_open(True)
+        try:
+            super().run()
+        finally:
+            self.seat.leave()
 
     def _make_pool(self, size: int) -> GatedPool:
-        gate = getattr(self, "gate", None)
-        if gate is None:
-            gate = self.gate = AcceptGate(self.window)
-        return GatedPool(max(size, self.gate_size), gate)
+        assert self.gate is not None
+        return GatedPool(self.gate)
 
-    def handle_request(self, *args: Any) -> None:
-        """Serve one request, then touch the heartbeat: a finished request is progress."""
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """Serve one connection; it stops counting as idle keep-alive when it ends."""
         try:
-            super().handle_request(*args)
+            super().handle(listener, client, addr)
         finally:
-            self.heartbeat()
+            if self.gate is not None:
+                self.gate.closed(client)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        """Serve one request; between requests a keep-alive connection holds nothing."""
+        gate = self.gate
+        if gate is not None:
+            gate.busy(sock)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if gate is not None:
+                gate.idle(sock)
+            if self.limiter is not None:
+                self.limiter.progress()
+
+    def notify(self) -> None:
+        """The run loop's heartbeat, once a second: also keep this worker's seat fresh."""
+        super().notify()
+        if self.gate is not None:
+            self.gate.publish()
 
     def heartbeat(self) -> None:
         """Tell the arbiter this worker is alive (a file touch; safe from any greenlet).
@@ -253,3 +212,20 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         not happen inside a request greenlet; the run loop still does that check.
         """
         base.Worker.notify(self)
+
+    def _begin_drain(self) -> None:
+        """Stop taking part in accepting; refuse what cannot start before the deadline."""
+        if self.seat is not None:
+            self.seat.set_open(False)
+        limiter = self.limiter
+        if limiter is None or self.gate is None:
+            return  # still booting: nothing held
+        refuse_in = max(0.0, float(self.cfg.graceful_timeout) * (1 - _DRAIN_RESERVE))
+        log.info(
+            "worker_draining",
+            pid=self.pid,
+            held=self.gate.held(),
+            queued=limiter.waiting(),
+            refuse_queued_in=refuse_in,
+        )
+        gevent.spawn_later(refuse_in, limiter.refuse_waiting)

@@ -1,132 +1,53 @@
-"""Limit algorithms: how much work one worker should take on, from what it measured.
+"""What a worker learns about its routes, and which lane each one takes.
 
 Pure functions of their samples, in the spirit of Netflix concurrency-limits:
-no clock, no threads, no gevent. The adapters (:mod:`gunitune.worker`,
-:mod:`gunitune.flask_ext`) feed samples and enforce the numbers.
+no clock, no threads, no gevent. The adapters feed samples and enforce the lanes.
 
-Two numbers matter per worker:
+A route's lane follows from three measurements:
 
-* the **accept window**, the connections a worker holds at once. IO-bound work
-  may fill the SQLAlchemy pool (``pool_size + max_overflow``); CPU-bound work
-  should not be hoarded: a worker holding N requests of t CPU-seconds answers
-  the last one N*t later while other workers may idle, and its heartbeat starves.
-  So the window shrinks to what the worker finishes within ``cpu_budget`` seconds,
-  and whatever it does not accept waits in the kernel backlog for any idle worker.
-* the **route class**: whether a route spends most of its wall time on the CPU
-  of its own greenlet (CPU-bound, goes through the CPU lane) or waiting.
+* whether its requests check out a database connection at all (routes that
+  never do, health checks for instance, need no slot and never queue);
+* the share of its own wall time spent on its greenlet's CPU (CPU-bound routes
+  go through the CPU lane, so they cannot starve the event loop);
+* how long a request takes alone (fast database work is served ahead of slow).
+
+An unknown route takes the fast lane: it may need a connection, and if it is
+slow its first finished request says so and its queued requests move.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["AcceptWindow", "RouteProfile", "RouteProfiles", "retry_after_seconds"]
+from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 
+__all__ = ["RouteProfile", "RouteProfiles", "retry_after_seconds"]
 
-@dataclass
-class AcceptWindow:
-    """Adaptive accept window of one worker.
-
-    ``capacity`` is the IO ceiling (the pool's connections); ``floor`` the
-    smallest window (the CPU lane's concurrency: a worker must always be able
-    to take the work it can run right now). ``cpu_budget`` is the CPU work, in
-    seconds, the worker may hold ahead of itself. The CPU cost per request is an
-    exponentially weighted average, so one slow request does not close the window.
-    """
-
-    capacity: int
-    floor: int = 1
-    cpu_budget: float = 3.0
-    smoothing: float = 0.3
-    cpu_per_request: float = 0.0
-    samples: int = 0
-    window: int = field(init=False)
-    _wanted_floor: int = field(init=False, repr=False)
-    _listeners: list[Callable[[int, int], None]] = field(
-        init=False, repr=False, default_factory=list
-    )
-
-    def __post_init__(self) -> None:
-        if self.capacity < 1:
-            raise ValueError(f"capacity={self.capacity} is invalid: expected an integer >= 1")
-        if self.floor < 1:
-            raise ValueError(f"floor={self.floor} is invalid: expected an integer >= 1")
-        if not self.cpu_budget > 0:
-            raise ValueError(f"cpu_budget={self.cpu_budget} is invalid: expected a number > 0")
-        self._wanted_floor = self.floor
-        self.floor = min(self.floor, self.capacity)
-        # Start open: the IO-safe ceiling is what the hand-tuned fix uses, and the
-        # first CPU-bound sample closes the window within one request.
-        self.window = self.capacity
-
-    def on_sample(self, cpu_seconds: float, wall_seconds: float) -> int:
-        """Record one finished request's own CPU time; return the new window."""
-        del wall_seconds  # the window depends on CPU cost; wall time is the IO's business
-        cpu = max(0.0, cpu_seconds)
-        if self.samples == 0:
-            self.cpu_per_request = cpu
-        else:
-            self.cpu_per_request += self.smoothing * (cpu - self.cpu_per_request)
-        self.samples += 1
-        return self._set(self.target())
-
-    def target(self) -> int:
-        """The window for the current CPU estimate."""
-        if self.cpu_per_request <= 0:
-            return self.capacity
-        affordable = math.floor(self.cpu_budget / self.cpu_per_request)
-        return max(self.floor, min(self.capacity, affordable))
-
-    def resize(self, capacity: int) -> int:
-        """Follow a new IO ceiling (the app's real pool); return the new window."""
-        if capacity < 1:
-            raise ValueError(f"capacity={capacity} is invalid: expected an integer >= 1")
-        self.capacity = capacity
-        self.floor = min(self._wanted_floor, capacity)
-        return self._set(self.target())
-
-    def configure(self, *, floor: int | None = None, cpu_budget: float | None = None) -> int:
-        """Change the floor or the CPU budget (settings known only once the app loads)."""
-        if floor is not None:
-            if floor < 1:
-                raise ValueError(f"floor={floor} is invalid: expected an integer >= 1")
-            self._wanted_floor = floor
-            self.floor = min(floor, self.capacity)
-        if cpu_budget is not None:
-            if not cpu_budget > 0:
-                raise ValueError(f"cpu_budget={cpu_budget} is invalid: expected a number > 0")
-            self.cpu_budget = cpu_budget
-        return self._set(self.target())
-
-    def subscribe(self, listener: Callable[[int, int], None]) -> None:
-        """Call ``listener(old, new)`` whenever the window changes.
-
-        The accept gate needs it: a window that grows while every connection
-        stays open must re-arm accept, as no connection leaving will.
-        """
-        self._listeners.append(listener)
-
-    def _set(self, new: int) -> int:
-        old, self.window = self.window, new
-        if new != old:
-            for listener in self._listeners:
-                listener(old, new)
-        return new
+# Consecutive requests without a database checkout before a route counts as one
+# that needs no slot: one request may skip the database by chance (a cache hit).
+NO_DB_STREAK = 3
+# Every request of a route is measured until this many samples, then one in
+# SAMPLE_EVERY: the switch tracer is the costliest part of the hot path.
+WARMUP_SAMPLES = 8
+SAMPLE_EVERY = 8
 
 
 @dataclass
 class RouteProfile:
-    """Smoothed share of wall time a route spends on its own greenlet's CPU."""
+    """Smoothed measurements of one route, and the lane they put it in."""
 
     cpu_ratio: float = 0.0
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     samples: int = 0
+    seen: int = 0
+    no_db_streak: int = 0
+    lane: str = FAST  # where its requests go: exempt, fast, slow or cpu
+    db_lane: str = FAST  # the database lane it needs (exempt: none), after the CPU lane if any
 
     def add(self, cpu_seconds: float, wall_seconds: float, smoothing: float) -> None:
-        """Fold one request into the averages."""
+        """Fold one measured request into the averages."""
         ratio = min(1.0, cpu_seconds / wall_seconds) if wall_seconds > 0 else 0.0
         if self.samples == 0:
             self.cpu_ratio, self.cpu_seconds, self.wall_seconds = ratio, cpu_seconds, wall_seconds
@@ -139,39 +60,83 @@ class RouteProfile:
 
 @dataclass
 class RouteProfiles:
-    """Per-route classification: CPU-bound when the smoothed CPU ratio passes ``threshold``.
+    """Per-route measurements and lanes.
 
-    Short requests are never CPU-bound however busy they are: a 2 ms handler
-    cannot starve anything, and sending it through the CPU lane only adds a wait.
+    ``threshold``: CPU share of wall time above which a route is CPU-bound;
+    short requests (under ``min_cpu_seconds``) never are: a 2 ms handler cannot
+    starve anything, and the CPU lane would only add a wait. ``fast_seconds``:
+    database routes whose requests take at most this long are fast.
     """
 
     threshold: float = 0.5
+    fast_seconds: float = 0.1
     min_cpu_seconds: float = 0.02
     smoothing: float = 0.3
     routes: dict[str, RouteProfile] = field(default_factory=dict)
 
-    def add(self, route: str, cpu_seconds: float, wall_seconds: float) -> RouteProfile:
-        """Record one finished request of ``route``."""
-        profile = self.routes.setdefault(route, RouteProfile())
-        profile.add(cpu_seconds, wall_seconds, self.smoothing)
-        return profile
-
-    def is_cpu_bound(self, route: str) -> bool:
-        """What the measurements say so far; unknown routes are not CPU-bound."""
+    def get(self, route: str) -> RouteProfile:
+        """The profile of ``route``, created (fast lane) on first sight."""
         profile = self.routes.get(route)
         if profile is None:
-            return False
-        return profile.cpu_ratio > self.threshold and profile.cpu_seconds >= self.min_cpu_seconds
+            profile = self.routes[route] = RouteProfile()
+        return profile
 
-    def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
+    def should_measure(self, profile: RouteProfile) -> bool:
+        """Measure this request? Always while warming up, then one in ``SAMPLE_EVERY``."""
+        profile.seen += 1
+        return profile.samples < WARMUP_SAMPLES or profile.seen % SAMPLE_EVERY == 0
+
+    def lanes_for(self, profile: RouteProfile) -> tuple[str, bool]:
+        """(database lane, through the CPU lane?) for the next request of a route.
+
+        A route never measured yet sends its first request to the fast lane
+        and the others, while that one runs, to the slow lane: a storm on a
+        new route must not fill the fast lane before its first request says
+        how slow it is.
+        """
+        if profile.samples == 0 and profile.seen > 1:
+            return SLOW, False
+        return profile.db_lane, profile.lane == CPU
+
+    def add(self, route: str, cpu_seconds: float, wall_seconds: float, used_db: bool) -> str:
+        """Record one measured request of ``route``; return its lane (maybe new)."""
+        profile = self.get(route)
+        profile.add(cpu_seconds, wall_seconds, self.smoothing)
+        profile.no_db_streak = 0 if used_db else profile.no_db_streak + 1
+        self.classify(profile)
+        return profile.lane
+
+    def saw_database(self, route: str) -> str:
+        """A request of ``route`` checked out a connection; return its lane (maybe new)."""
+        profile = self.get(route)
+        profile.no_db_streak = 0
+        self.classify(profile)
+        return profile.lane
+
+    def classify(self, profile: RouteProfile) -> None:
+        """Set the lanes the measurements put a route in."""
+        if profile.samples == 0:
+            profile.lane = profile.db_lane = FAST
+            return
+        if profile.no_db_streak >= NO_DB_STREAK:
+            profile.db_lane = EXEMPT
+        else:
+            profile.db_lane = FAST if profile.wall_seconds <= self.fast_seconds else SLOW
+        cpu_bound = (
+            profile.cpu_ratio > self.threshold and profile.cpu_seconds >= self.min_cpu_seconds
+        )
+        profile.lane = CPU if cpu_bound else profile.db_lane
+
+    def snapshot(self) -> dict[str, dict[str, float | int | str]]:
         """The profiles as plain data, for stats."""
         return {
             route: {
+                "lane": p.lane,
                 "cpu_ratio": round(p.cpu_ratio, 3),
                 "cpu_ms": round(p.cpu_seconds * 1000, 2),
                 "wall_ms": round(p.wall_seconds * 1000, 2),
                 "samples": p.samples,
-                "cpu_bound": self.is_cpu_bound(route),
+                "requests": p.seen,
             }
             for route, p in self.routes.items()
         }

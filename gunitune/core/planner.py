@@ -4,12 +4,12 @@ The rules, each explained in :attr:`Plan.reasons`:
 
 * ``workers = cpus + 1``: gevent workers are single-threaded, so one per CPU
   plus one to cover a worker blocked in CPU-bound work or GC.
-* ``worker_connections = pool_size + max_overflow``: a gevent worker that
-  accepts more requests than its pool can serve only queues them inside the
-  pool, where they time out; refusing them in the kernel's listen queue lets
-  another worker (or the load balancer) take them instead.
-* ``total_db_connections = workers * worker_connections``: every worker has
-  its own pool.
+* ``worker_connections = max_held``: a gunitune worker holds a storm in user
+  space, read, routed and queued by lane, so a health check is answered at once
+  and nothing waits in the kernel's FIFO listen queue; ``max_held`` bounds the
+  memory that costs. What runs at once is the pool's ``pool_size + max_overflow``.
+* ``total_db_connections = workers * (pool_size + max_overflow)``: every worker
+  has its own pool.
 * ``recommended_max_connections``: that total plus ``headroom`` (20% by
   default, for migrations, cron jobs, psql sessions and rolling restarts where
   old and new workers overlap), plus the reserved slots, rounded up to a
@@ -59,6 +59,7 @@ MINIMUMS: Mapping[str, int] = MappingProxyType(
         "max_overflow": -1,  # SQLAlchemy's "unlimited"
         "workers": 1,
         "burst": 1,
+        "max_held": 1,
         "timeout": 1,  # Gunicorn's 0 disables the heartbeat; never wanted under overload
         "somaxconn": 0,
         "reserved_connections": 0,
@@ -172,6 +173,7 @@ def make_plan(
     max_overflow: int = 10,
     workers: int | None = None,
     burst: int = 3000,
+    max_held: int = 5000,
     timeout: int = 30,
     somaxconn: int | None = None,
     reserved_connections: int = 3,
@@ -186,6 +188,7 @@ def make_plan(
         max_overflow: SQLAlchemy ``max_overflow`` per worker; -1 means unlimited.
         workers: force the worker count instead of ``cpus + 1``.
         burst: concurrent connections the listen queue must absorb.
+        max_held: connections one worker holds in user space (``worker_connections``).
         timeout: Gunicorn worker ``timeout`` in seconds.
         somaxconn: the kernel's ``net.core.somaxconn``, None if unknown.
         reserved_connections: Postgres slots unavailable to the app
@@ -199,6 +202,7 @@ def make_plan(
     if workers is not None:
         workers = require_int("workers", workers, MINIMUMS["workers"])
     burst = require_int("burst", burst, MINIMUMS["burst"])
+    max_held = require_int("max_held", max_held, MINIMUMS["max_held"])
     timeout = require_int("timeout", timeout, MINIMUMS["timeout"])
     if somaxconn is not None:
         somaxconn = require_int("somaxconn", somaxconn, MINIMUMS["somaxconn"])
@@ -222,9 +226,9 @@ def make_plan(
 
     if max_overflow == -1:
         per_worker = pool_size + UNLIMITED_OVERFLOW_EXTRA
-        reasons["worker_connections"] = (
+        reasons["connections_per_worker"] = (
             f"max_overflow=-1 is unlimited, so assume pool_size + {UNLIMITED_OVERFLOW_EXTRA}"
-            f" = {per_worker}; capping concurrent requests also caps the pool's growth"
+            f" = {per_worker}; capping database work also caps the pool's growth"
         )
     else:
         per_worker = pool_size + max_overflow
@@ -234,12 +238,13 @@ def make_plan(
                 f" (pool_size={pool_size}, max_overflow={max_overflow}); a worker needs"
                 f" one database connection"
             )
-        reasons["worker_connections"] = (
-            f"pool_size {pool_size} + max_overflow {max_overflow}: a worker never accepts"
-            f" more requests than its pool can serve at once"
+        reasons["connections_per_worker"] = (
+            f"pool_size {pool_size} + max_overflow {max_overflow}: each worker has its own"
+            f" pool, and never runs more database work than it can serve at once"
         )
-    reasons["connections_per_worker"] = (
-        f"each worker has its own pool of at most {per_worker} connections"
+    reasons["worker_connections"] = (
+        f"GUNITUNE_MAX_HELD {max_held}: connections a worker holds, queued by lane in user"
+        f" space instead of the kernel's FIFO listen queue"
     )
     total = workers * per_worker
     reasons["total_db_connections"] = f"{workers} workers x {per_worker} connections"
@@ -273,7 +278,7 @@ def make_plan(
         cpus=cpus,
         cpu_source=cpu_source,
         workers=workers,
-        worker_connections=per_worker,
+        worker_connections=max_held,
         pool_size=pool_size,
         max_overflow=max_overflow,
         connections_per_worker=per_worker,

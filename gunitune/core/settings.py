@@ -23,6 +23,7 @@ Parser = Callable[[object], T]
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _AUTO = {"", "auto", "none"}
+_OFF = {"", "off", "none"}
 
 
 def _int_at_least(low: int) -> tuple[Parser[int], str]:
@@ -58,6 +59,29 @@ def _auto(inner: tuple[Parser[T], str]) -> tuple[Parser[T | None], str]:
         return parse_inner(raw)
 
     return parse, f"{allowed}, or 'auto'"
+
+
+def _off(inner: tuple[Parser[T], str]) -> tuple[Parser[T | None], str]:
+    parse_inner, allowed = inner
+
+    def parse(raw: object) -> T | None:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _OFF):
+            return None
+        return parse_inner(raw)
+
+    return parse, f"{allowed}, or 'off'"
+
+
+def _fraction() -> tuple[Parser[float], str]:
+    def parse(raw: object) -> float:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(str(raw).strip()) if not isinstance(raw, int | float) else float(raw)
+        if not 0 < value < 1:
+            raise ValueError
+        return value
+
+    return parse, "a number between 0 and 1 (exclusive)"
 
 
 def _choice(*choices: str) -> tuple[Parser[str], str]:
@@ -170,15 +194,25 @@ class Settings:
         "What to do when the database driver does not yield to gevent at worker start.",
     )
     queue_timeout = Setting(
-        _auto(_float_above(0)), None,
-        "Longest wait for an admission slot before a 503; auto: half the pool's timeout "
-        "(always below it, so no request reaches SQLAlchemy's QueuePool timeout).",
+        _off(_float_above(0)), None,
+        "Longest wait in a lane before a 503 + Retry-After; off (the default): a held "
+        "request waits as long as it takes, as it would in the kernel's queue.",
     )
-    overcommit = Setting(
-        _int_at_least(0), 0,
-        "Connections a worker accepts beyond its pool's capacity. They queue for a slot up to "
-        "GUNITUNE_QUEUE_TIMEOUT, then get 503 + Retry-After: fast refusals instead of waiting "
-        "in the kernel backlog (useful behind a load balancer that retries elsewhere).",
+    max_held = Setting(
+        _int_at_least(1), 5000,
+        "Connections one worker holds (accepted, read and queued by lane; an idle keep-alive "
+        "connection counts too); beyond it connections wait in the kernel's listen queue. "
+        "Sets Gunicorn's worker_connections.",
+    )
+    fast_seconds = Setting(
+        _float_above(0), 0.1,
+        "A database route whose requests take at most this many seconds is fast: it is "
+        "served ahead of slow ones.",
+    )
+    fast_share = Setting(
+        _fraction(), 0.3,
+        "Share of a worker's database slots guaranteed to fast routes; the slow lane borrows "
+        "what they leave unused, and the other way round.",
     )
     retry_after = Setting(
         _auto(_int_at_least(1)), None,
@@ -190,15 +224,6 @@ class Settings:
     cpu_bound_ratio = Setting(
         _float_above(0), 0.5,
         "A route whose requests spend more than this fraction of wall time on CPU is CPU-bound.",
-    )
-    cpu_budget = Setting(
-        _auto(_float_above(0)), None,
-        "Seconds of CPU-bound work a worker accepts ahead of itself; the rest waits in the "
-        "kernel backlog for another worker. Auto: timeout / 10.",
-    )
-    adaptive = Setting(
-        _boolean(), True,
-        "Adapt each worker's accept window to the measured CPU/IO mix of its requests.",
     )
     block_threshold = Setting(
         _float_above(0), 0.5,
@@ -274,7 +299,8 @@ def render_markdown() -> str:
     """The README's settings table, generated from the declarations."""
     lines = ["| Key | Default | Allowed | What it does |", "| --- | --- | --- | --- |"]
     for s in Settings.declared():
-        default = "auto" if s.default is None else repr(s.default)
+        none_means = "off" if "'off'" in s.allowed else "auto"
+        default = none_means if s.default is None else repr(s.default)
         if s.default == "":
             default = "(empty)"
         lines.append(f"| `{s.key}` | `{default}` | {s.allowed} | {s.doc} |")

@@ -1,0 +1,278 @@
+"""One worker's limiter: database lanes, the CPU lane, and the proof of progress.
+
+It enforces what :mod:`gunitune.core.lanes` decides, as a Netflix ``Limiter``
+does for its ``Limit``: :meth:`Limiter.acquire` returns a :class:`Ticket` (the
+``Listener`` a request holds), :meth:`Limiter.release` gives it back. One
+instance per worker process, created once by the worker after its app loaded
+(or by the extension itself outside a gunitune worker).
+
+Requests wait here, in user space, not inside SQLAlchemy's QueuePool: a slot
+is only granted while the pool has a free connection for it. A request holds no
+database slot while it waits for the CPU lane, and never holds one it did not
+ask for. By default a request waits as long as it takes (as it would have in
+the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gunitune.core.lanes import CPU, DB_LANES, LANES, LaneScheduler, Waiter, db_shares
+from gunitune.core.resolve import Resolved
+
+__all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
+
+
+class Rejected(Exception):
+    """No slot within the queue timeout, or the worker is shutting down."""
+
+    def __init__(self, reason: str, waited: float, lane: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.waited = waited
+        self.lane = lane
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request was queued: do not serve it."""
+
+
+class Moved(Exception):
+    """The request's route changed lanes while it was queued: acquire again."""
+
+
+class _Event(Protocol):
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def set(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A granted admission; give it back with :meth:`Limiter.release`."""
+
+    lane: str
+    db: bool
+    cpu: bool
+    waited: float
+
+
+def _gevent_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
+    import gevent
+    from gevent.event import Event
+
+    # A timed sleep, not sleep(0): sleep(0) resumes us from the callback queue
+    # without the loop polling IO or running timers in between.
+    def yield_to_loop() -> None:
+        gevent.sleep(0.001)
+
+    # Nothing between acquire and release yields under gevent: no lock needed.
+    return Event, yield_to_loop, contextlib.nullcontext()
+
+
+def _thread_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
+    return threading.Event, lambda: time.sleep(0), threading.Lock()
+
+
+def primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
+    """gevent's event and yield when gevent patched threading, else plain threads'."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
+        return _gevent_primitives()
+    return _thread_primitives()
+
+
+class Limiter:
+    """Database lanes (shares of the pool) and the CPU lane of one worker."""
+
+    def __init__(
+        self,
+        resolved: Resolved,
+        *,
+        heartbeat: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        event_factory: Callable[[], _Event] | None = None,
+        yield_to_loop: Callable[[], None] | None = None,
+    ) -> None:
+        settings = resolved.settings
+        self.resolved = resolved
+        self.queue_timeout: float | None = settings.queue_timeout
+        self.db = LaneScheduler(resolved.db_capacity, db_shares(settings.fast_share))
+        self.cpu = LaneScheduler(settings.cpu_concurrency, {CPU: 1.0})
+        event, yielder, lock = primitives()
+        self._event = event_factory or event
+        self._yield = yield_to_loop or yielder
+        self._lock = lock
+        self._clock = clock
+        self._heartbeat = heartbeat
+        # The arbiter only needs a touch well within its timeout; a touch per
+        # request is a syscall on the hot path.
+        self._beat_every = max(0.05, min(1.0, resolved.heartbeat_timeout / 10))
+        self._last_beat = float("-inf")
+        self.refusing = False
+        self.counts: dict[str, dict[str, int]] = {
+            lane: {"admitted": 0, "rejected": 0, "client_gone": 0} for lane in LANES
+        }
+        self.gate_stats: Callable[[], dict[str, Any]] | None = None
+
+    def acquire(
+        self,
+        lane: str,
+        *,
+        cpu: bool = False,
+        route: str = "",
+        client_gone: Callable[[], bool] | None = None,
+    ) -> Ticket:
+        """Wait for the CPU lane (if ``cpu``), then a slot of ``lane`` (if a database lane).
+
+        Raises :class:`Rejected`, :class:`ClientGone` or :class:`Moved`.
+        """
+        start = self._clock()
+        deadline = None if self.queue_timeout is None else start + self.queue_timeout
+        db = lane in DB_LANES
+        if cpu:
+            self._wait(self.cpu, CPU, route, start, deadline, client_gone)
+            try:
+                self.progress()
+                self._yield()
+            except BaseException:
+                self._give_back(self.cpu, CPU)
+                raise
+        if db:
+            try:
+                self._wait(self.db, lane, route, start, deadline, client_gone)
+            except BaseException:
+                if cpu:
+                    self._give_back(self.cpu, CPU)
+                raise
+        self.counts[CPU if cpu else lane]["admitted"] += 1
+        return Ticket(lane=lane, db=db, cpu=cpu, waited=self._clock() - start)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give the slots of ``ticket`` back, each to the next waiter chosen for it."""
+        try:
+            if ticket.db:
+                self._give_back(self.db, ticket.lane)
+        finally:
+            if ticket.cpu:
+                self._give_back(self.cpu, CPU)
+                self.progress()
+
+    def reroute(self, route: str, db_lane: str, cpu: bool) -> int:
+        """Wake the queued requests of ``route`` so they queue again in its new lanes."""
+        moved = 0
+        for scheduler, keep in ((self.db, db_lane), (self.cpu, CPU if cpu else None)):
+            with self._lock:
+                waiters = scheduler.take_route(route, keep)
+            for waiter in waiters:
+                waiter.moved = True
+                waiter.token.set()
+            moved += len(waiters)
+        return moved
+
+    def refuse_waiting(self) -> int:
+        """Worker shutdown: every queued request, and every later one, gets a 503."""
+        self.refusing = True
+        with self._lock:
+            waiters = self.db.refuse_all() + self.cpu.refuse_all()
+        for waiter in waiters:
+            waiter.token.set()
+        return len(waiters)
+
+    def progress(self) -> None:
+        """Tell the arbiter the worker is alive, at most once per ``_beat_every`` seconds."""
+        if self._heartbeat is None:
+            return
+        now = self._clock()
+        if now - self._last_beat >= self._beat_every:
+            self._last_beat = now
+            self._heartbeat()
+
+    def waiting(self) -> int:
+        """Requests queued in any lane."""
+        return self.db.waiting() + self.cpu.waiting()
+
+    def stats(self) -> dict[str, Any]:
+        """Per-lane slots, queues and counters."""
+        db = self.db.snapshot()
+        cpu = self.cpu.snapshot()[CPU]
+        lanes: dict[str, Any] = {}
+        for lane in LANES:
+            figures: dict[str, Any] = dict(self.counts[lane])
+            if lane in db:
+                figures.update(db[lane])
+            elif lane == CPU:
+                figures.update(cpu)
+            lanes[lane] = figures
+        stats: dict[str, Any] = {
+            "db_limit": self.db.limit,
+            "db_in_use": self.db.used,
+            "db_capacity_source": self.resolved.capacity_source,
+            "cpu_concurrency": self.cpu.limit,
+            "queue_timeout": self.queue_timeout,
+            "refusing": self.refusing,
+            "lanes": lanes,
+        }
+        if self.gate_stats is not None:
+            stats["gate"] = self.gate_stats()
+        return stats
+
+    def _wait(
+        self,
+        scheduler: LaneScheduler,
+        lane: str,
+        route: str,
+        start: float,
+        deadline: float | None,
+        client_gone: Callable[[], bool] | None,
+    ) -> None:
+        with self._lock:
+            if self.refusing:
+                self.counts[lane]["rejected"] += 1
+                raise Rejected("the worker is shutting down", 0.0, lane)
+            if scheduler.try_acquire(lane):
+                return
+            waiter = Waiter(lane, route, self._event())
+            scheduler.enqueue(waiter)
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            waiter.token.wait(timeout)
+        except BaseException:
+            # Interrupted (GreenletExit, a deadline): a slot handed over meanwhile
+            # has no ticket yet, so nobody else could give it back.
+            self._abandon(scheduler, waiter)
+            raise
+        if waiter.granted:
+            if client_gone is not None and client_gone():
+                self._give_back(scheduler, waiter.lane)
+                self.counts[lane]["client_gone"] += 1
+                raise ClientGone(route)
+            return
+        self._abandon(scheduler, waiter)
+        if waiter.moved:
+            raise Moved(route)
+        self.counts[lane]["rejected"] += 1
+        reason = (
+            "the worker is shutting down"
+            if waiter.refused
+            else "no slot free within GUNITUNE_QUEUE_TIMEOUT"
+        )
+        raise Rejected(reason, self._clock() - start, lane)
+
+    def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:
+        if waiter.granted:
+            self._give_back(scheduler, waiter.lane)
+        else:
+            with self._lock:
+                scheduler.cancel(waiter)
+
+    def _give_back(self, scheduler: LaneScheduler, lane: str) -> None:
+        with self._lock:
+            waiter = scheduler.release(lane)
+        if waiter is not None:
+            waiter.token.set()
