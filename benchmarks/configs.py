@@ -24,6 +24,10 @@ from benchmarks.server import control_socket_disable_args, stock_args
 __all__ = [
     "CONFIG_NAMES",
     "DEFAULTS",
+    "DEMO",
+    "LANE_CONFIGS",
+    "LANE_SCENARIOS",
+    "PROBES",
     "QUICK",
     "SCENARIO_NAMES",
     "BenchSettings",
@@ -31,13 +35,21 @@ __all__ = [
     "ServerConfig",
     "build_configs",
     "make_scenario",
+    "scenario_settings",
     "server_environ",
 ]
 
 CONFIG_NAMES = ("stock", "hand-tuned", "gunitune")
-SCENARIO_NAMES = ("io", "cpu", "mixed", "hello")
+# The lanes scenarios (benchmarks/README.md): does a cheap request get through?
+LANE_SCENARIOS = ("mixed-io", "mixed-cpu", "burst", "hello-wrk")
+SCENARIO_NAMES = ("io", "cpu", "mixed", "hello", *LANE_SCENARIOS)
+# What the lanes scenarios compare unless --only says otherwise (stock is optional).
+LANE_CONFIGS = ("hand-tuned", "gunitune")
 IO_BODY = b"hello there!\n"
 FAST_BODY = b"1\n"
+HEALTH_BODY = b"ok\n"
+# The mixed scenarios' probes: no database at all, and the cheapest query.
+PROBES = (("/health", HEALTH_BODY), ("/fast", FAST_BODY))
 APP = "demo_app:app"
 
 # Variables that would silently change a configuration if inherited from the shell.
@@ -64,6 +76,12 @@ class BenchSettings:
     hello_concurrency: int = 50
     wrk_duration: float = 10.0
     quick: bool = False
+    probe_rate: float = 4.0  # mixed-io/-cpu: requests/s of each probe route
+    mixed_cpu_seconds: float = 0.06  # mixed-cpu: /cpu's loop is sized to this CPU time
+    mixed_cpu_loop: int | None = None  # mixed-cpu: that loop given instead of calibrated
+    burst_requests: int = 10_000
+    burst_io_seconds: float = 0.4
+    wrk_rounds: int = 3  # hello-wrk: alternating runs per configuration
 
     @property
     def connections_per_worker(self) -> int:
@@ -93,6 +111,21 @@ QUICK = dataclasses.replace(
     hello_requests=3000,
     wrk_duration=3.0,
     quick=True,
+    burst_requests=500,
+    wrk_rounds=2,
+)
+
+# `--demo`: one mixed-io storm, hand-tuned vs gunitune, in about 2-3 minutes on 2
+# cores. 3 workers x (4 + 6) connections / 0.5 s = 60 /io per second, so the 1500
+# requests take 25 s at best: long enough for the probes' latency to tell.
+DEMO = dataclasses.replace(
+    DEFAULTS,
+    requests=1500,
+    io_seconds=0.5,
+    pool_size=4,
+    max_overflow=6,
+    deadline=180.0,
+    global_deadline=600.0,
 )
 
 
@@ -183,6 +216,7 @@ class Scenario:
     trickle_path: str | None = None
     trickle_body: bytes | None = None
     closed_loop: bool = False  # hello: fixed requests at moderate concurrency
+    probes: tuple[tuple[str, bytes], ...] = ()  # mixed-io/-cpu: (path, body) at probe_rate
 
 
 def cpu_body(cpu_loop: int) -> bytes:
@@ -200,4 +234,30 @@ def make_scenario(name: str, s: BenchSettings) -> Scenario:
         return Scenario("mixed", "/io", IO_BODY, "/fast", FAST_BODY)
     if name == "hello":
         return Scenario("hello", "/hello", IO_BODY, closed_loop=True)
+    if name == "mixed-io":
+        return Scenario(name, "/io", IO_BODY, probes=PROBES)
+    if name == "mixed-cpu":
+        return Scenario(name, "/cpu", cpu_body(s.cpu_loop), probes=PROBES)
+    if name == "burst":
+        return Scenario(name, "/io", IO_BODY)
+    if name == "hello-wrk":
+        return Scenario(name, "/hello", IO_BODY, closed_loop=True)
     raise ValueError(f"unknown scenario {name!r}: expected one of {', '.join(SCENARIO_NAMES)}")
+
+
+def scenario_settings(
+    name: str, s: BenchSettings, cpus: int, cpu_loop: int | None = None
+) -> BenchSettings:
+    """The settings a scenario's servers and load use: ``s`` with its own sizes.
+
+    ``burst`` has its own storm size and IO time; ``mixed-cpu`` its own loop
+    (``cpu_loop``, calibrated by the caller); ``hello-wrk`` pins both
+    configurations to the same worker count, which an overhead figure needs.
+    """
+    if name == "burst":
+        return dataclasses.replace(s, requests=s.burst_requests, io_seconds=s.burst_io_seconds)
+    if name == "mixed-cpu" and cpu_loop is not None:
+        return dataclasses.replace(s, cpu_loop=cpu_loop)
+    if name == "hello-wrk" and s.workers is None:
+        return dataclasses.replace(s, workers=cpus + 1)
+    return s

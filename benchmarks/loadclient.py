@@ -41,11 +41,29 @@ class RequestResult:
     connected: float | None = None
     finished: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    connect_started: float | None = None
 
     @property
     def latency(self) -> float:
-        """Seconds from starting the connect to the end of the response (or failure)."""
+        """Seconds from starting the request to the end of the response (or failure)."""
         return self.finished - self.started
+
+    @property
+    def connect_time(self) -> float | None:
+        """Seconds from the connect call to the connection established; None if it never was.
+
+        Taken apart from ``latency``: a SYN dropped by a full accept queue shows up
+        here as the kernel's retransmission delays (1 s, 3 s, 7 s...).
+        """
+        if self.connected is None or self.connect_started is None:
+            return None
+        return self.connected - self.connect_started
+
+    @property
+    def served_by(self) -> int | None:
+        """The worker pid of the demo's ``X-Served-By`` header (None without one)."""
+        raw = self.headers.get("x-served-by", "").strip()
+        return int(raw) if raw.isdigit() else None
 
 
 class ResponseError(Exception):
@@ -108,6 +126,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 async def _exchange(
     host: str, port: int, res: RequestResult, writers: list[asyncio.StreamWriter]
 ) -> None:
+    # Stamped here, not in request_once: wait_for() starts this coroutine a loop
+    # iteration later, after every other request of a storm has been created.
+    res.connect_started = time.monotonic()
     reader, writer = await asyncio.open_connection(host, port, limit=_MAX_HEAD)
     writers.append(writer)
     res.connected = time.monotonic()
@@ -269,17 +290,9 @@ def run_storm(
 ) -> list[RequestResult]:
     """Blocking wrapper around :func:`storm` (same arguments)."""
     return asyncio.run(
-        storm(
-            host,
-            port,
-            path,
-            n,
-            expected_body=expected_body,
-            timeout=timeout,
-            deadline=deadline,
-            progress=progress,
-        )
-    )
+        storm(host, port, path, n, expected_body=expected_body, timeout=timeout,
+              deadline=deadline, progress=progress)
+    )  # fmt: skip
 
 
 def run_storm_and_trickle(
@@ -307,26 +320,11 @@ def run_storm_and_trickle(
 
     async def main() -> tuple[list[RequestResult], list[RequestResult]]:
         return await asyncio.gather(
-            storm(
-                host,
-                port,
-                storm_path,
-                n,
-                expected_body=expected_body,
-                timeout=timeout,
-                deadline=deadline,
-                progress=progress,
-            ),
-            trickle(
-                host,
-                port,
-                trickle_path,
-                rate_per_s,
-                duration_s,
-                expected_body=trickle_expected_body,
-                timeout=trickle_timeout,
-                delay_s=trickle_delay_s,
-            ),
-        )
+            storm(host, port, storm_path, n, expected_body=expected_body, timeout=timeout,
+                  deadline=deadline, progress=progress),
+            trickle(host, port, trickle_path, rate_per_s, duration_s,
+                    expected_body=trickle_expected_body, timeout=trickle_timeout,
+                    delay_s=trickle_delay_s),
+        )  # fmt: skip
 
     return asyncio.run(main())

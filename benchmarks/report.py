@@ -7,29 +7,17 @@ No processes, no sockets: a report can be redrawn later with
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.configs import LANE_SCENARIOS
+from benchmarks.lanes_report import draw_panels, lane_sections
+from benchmarks.report_format import fmt_rate, fmt_seconds, kinds, table
+
 __all__ = ["fmt_seconds", "main", "plot", "render_report", "write_report"]
-
-
-def fmt_seconds(value: float | None) -> str:
-    """``0.0123`` -> ``12.3 ms``, ``12.345`` -> ``12.3 s``; ``-`` for None."""
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.3g} ms"
-    return f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
-
-
-def _fmt_rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}" if value < 1000 else f"{value:.0f}"
-
-
-def _kinds(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "0"
 
 
 # CPU use (all cores, %) in the second before a run above which it is flagged.
@@ -46,18 +34,12 @@ SERVER_HEADER = (
 )
 
 
-def _table(header: str, rows: Sequence[Sequence[str]]) -> list[str]:
-    columns = header.count("|") - 1
-    lines = [header, "|" + "---|" * columns]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def _client_row(config: str, scenario: str, f: dict[str, Any], server: dict[str, Any]) -> list[str]:
     return [
-        config, scenario, str(f["requests"]), str(f["valid"]), _kinds(f["invalid"]),
-        _kinds(f["errors"]), str(f["status_503"]), str(server.get("worker_timeouts", "-")),
+        config, scenario, str(f["requests"]), str(f["valid"]), kinds(f["invalid"]),
+        kinds(f["errors"]), str(f["status_503"]), str(server.get("worker_timeouts", "-")),
         fmt_seconds(f["p50"]), fmt_seconds(f["p99"]), fmt_seconds(f["max"]),
-        _fmt_rate(f["throughput"]), _fmt_rate(f["limit"]),
+        fmt_rate(f["throughput"]), fmt_rate(f["limit"]),
         "-" if f["ratio"] is None else f"{f['ratio']:.2f}",
     ]  # fmt: skip
 
@@ -67,6 +49,8 @@ def render_report(result: dict[str, Any]) -> str:
     rows, server_rows = [], []
     for run in result["runs"]:
         name, scen, server = run["config"], run["scenario"], run.get("server", {})
+        if scen == "hello-wrk":
+            continue  # wrk rounds, not a storm: only in its own table below
         if run.get("skipped"):
             rows.append([name, scen, f"skipped: {run['skipped']}", *["-"] * 11])
             continue
@@ -89,11 +73,14 @@ def render_report(result: dict[str, Any]) -> str:
         f"{m['cpus']} usable CPUs ({m['cpu_source']}), Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "",
+        "Command: `" + shlex.join(result.get("command", ["?"])) + "`",
+        "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()),
         "",
-        *_table(CLIENT_HEADER, rows),
+        *table(CLIENT_HEADER, rows),
         "",
-        *_table(SERVER_HEADER, server_rows),
+        *table(SERVER_HEADER, server_rows),
+        *lane_sections(result),
         "",
         *_notes(result),
     ]
@@ -117,6 +104,14 @@ def _notes(result: dict[str, Any]) -> list[str]:
         )
         notes.append(
             f"CPU seconds per /cpu request, measured unloaded: {fmt_seconds(cpu)}{detail}."
+        )
+    mixed_cpu = result.get("mixed_cpu")
+    if mixed_cpu:
+        spread = mixed_cpu["cpu_samples"]
+        notes.append(
+            f"mixed-cpu: /cpu loop {mixed_cpu['cpu_loop']}, "
+            f"{fmt_seconds(mixed_cpu['cpu_seconds_per_request'])} of CPU unloaded (median of "
+            f"{spread['n']}, {fmt_seconds(spread['min'])} to {fmt_seconds(spread['max'])})."
         )
     hello = {r["config"]: r["storm"] for r in result["runs"]
              if r["scenario"] == "hello" and not r.get("skipped")}  # fmt: skip
@@ -157,7 +152,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     }
     for col, scen in enumerate(scenarios):
         top, bottom = axes[0][col], axes[1][col]
-        for run in (r for r in runs if r["scenario"] == scen):
+        scen_runs = [r for r in runs if r["scenario"] == scen]
+        # hello-wrk has no per-request data: its panels are all lanes_report's.
+        for run in scen_runs if scen != "hello-wrk" else []:
             style = styles.get(run["config"], {})
             f = run["storm"]
             valid, failed = f.get("valid_done", []), f.get("failed_done", [])
@@ -167,18 +164,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 top.step([0, *failed], range(len(failed) + 1), where="post", **style,
                          linestyle=":", label=f"{run['config']} failed")  # fmt: skip
             cdf = (run.get("trickle") or f).get("latencies", [])
-            if cdf:
+            if cdf and scen not in LANE_SCENARIOS:
                 ys = [(i + 1) / len(cdf) for i in range(len(cdf))]
                 bottom.plot(cdf, ys, **style, label=run["config"])
-        path_label = next((r.get("trickle_path") for r in runs if r["scenario"] == scen), None)
+        path_label = next((r.get("trickle_path") for r in scen_runs), None)
         top.set(title=f"{scen}: completions over time", xlabel="seconds since storm start",
                 ylabel="cumulative responses")  # fmt: skip
-        which = f"{path_label} (trickle)" if path_label else "all requests"
-        bottom.set(title=f"{scen}: latency CDF, {which}", xlabel="latency (s)",
-                   ylabel="fraction of requests", xscale="log")  # fmt: skip
-        # Plain numbers on the log axis (0.01, 0.1, 1) rather than powers of ten.
-        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        bottom.xaxis.set_minor_formatter(NullFormatter())
+        # Plain numbers on log axes (0.01, 0.1, 1) rather than powers of ten.
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        if scen in LANE_SCENARIOS:
+            draw_panels(scen, scen_runs, top, bottom, styles)
+            bottom.yaxis.set_major_formatter(plain)
+        else:
+            which = f"{path_label} (trickle)" if path_label else "all requests"
+            bottom.set(title=f"{scen}: latency CDF, {which}", xlabel="latency (s)",
+                       ylabel="fraction of requests", xscale="log")  # fmt: skip
+            bottom.xaxis.set_major_formatter(plain)
+            bottom.xaxis.set_minor_formatter(NullFormatter())
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             if ax.has_data():

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,15 @@ from benchmarks.loadclient import RequestResult, request_once
 from benchmarks.probes import Progress, ServerProbe
 from benchmarks.server import GunicornProcess
 
-__all__ = ["libpq_url", "run_one"]
+__all__ = ["HOST", "Measure", "libpq_url", "run_one", "server_figures", "warm_up"]
 
 HOST = "127.0.0.1"
 Results = list[RequestResult]
+# (server, label, scenario, settings, database url, deadline, cores, CPU s/request) -> figures
+Measure = Callable[
+    [GunicornProcess, str, Scenario, BenchSettings, str, float, int, float | None],
+    dict[str, Any],
+]
 
 
 def libpq_url(url: str) -> str:
@@ -97,7 +103,7 @@ def _run_wrk(port: int, scen: Scenario, s: BenchSettings) -> dict[str, Any]:
     return storm_figures.wrk_figures(storm_figures.parse_wrk(out.stdout))
 
 
-def _warm_up(server: GunicornProcess, timeout: float = 20) -> None:
+def warm_up(server: GunicornProcess, timeout: float = 20) -> None:
     """Wait until every worker has answered: the storm must not find one still importing."""
     workers, seen = set(server.worker_pids()), set()
     end = time.monotonic() + timeout
@@ -188,18 +194,28 @@ def _measure(
     if scen.trickle_path is not None:
         run["trickle_path"] = scen.trickle_path
         run["trickle"] = storm_figures.request_figures(trickle, None)
-    # Counted as soon as the load is over: the shutdown must not add to them.
-    run["server"] = {
-        "worker_timeouts": server.count("WORKER TIMEOUT"),
-        "extra_worker_boots": server.count("Booting worker") - boots_before,
-        "queuepool_errors": server.count("QueuePool limit"),
-        "peak_db_connections": probe.peak_db,
-        "peak_accept_queue": probe.peak_queue,
-        "probe_samples": probe.samples,
-    }
-    run["workers"] = workers
-    run["db_connections_allowed"] = workers * s.connections_per_worker
+    run.update(server_figures(server, probe, s, boots_before))
     return run
+
+
+def server_figures(
+    server: GunicornProcess, probe: ServerProbe, s: BenchSettings, boots_before: int
+) -> dict[str, Any]:
+    """The server table's figures of a run whose load just ended, plus worker counts."""
+    workers = server.expected_workers or 1
+    return {
+        # Counted as soon as the load is over: the shutdown must not add to them.
+        "server": {
+            "worker_timeouts": server.count("WORKER TIMEOUT"),
+            "extra_worker_boots": server.count("Booting worker") - boots_before,
+            "queuepool_errors": server.count("QueuePool limit"),
+            "peak_db_connections": probe.peak_db,
+            "peak_accept_queue": probe.peak_queue,
+            "probe_samples": probe.samples,
+        },
+        "workers": workers,
+        "db_connections_allowed": workers * s.connections_per_worker,
+    }
 
 
 def run_one(
@@ -213,8 +229,13 @@ def run_one(
     cpu_seconds: float | None,
     cores: int,
     own_cluster: bool,
+    measure: Measure | None = None,
 ) -> dict[str, Any]:
-    """Start ``server_config``, run ``scen`` against it within ``deadline`` s, stop it."""
+    """Start ``server_config``, run ``scen`` against it within ``deadline`` s, stop it.
+
+    ``measure`` loads the server and returns the run's figures (default: the
+    io/cpu/mixed/hello load of this module; the lanes scenarios bring their own).
+    """
     run: dict[str, Any] = {"config": server_config.name, "scenario": scen.name}
     if deadline < 10:
         return {**run, "skipped": "global deadline reached"}
@@ -230,15 +251,18 @@ def run_one(
     run["cpu_busy_before"] = psutil.cpu_percent(interval=1.0)
     try:
         server.start(ready_timeout=min(60.0, deadline), probe_path="/hello")
-        _warm_up(server)
+        warm_up(server)
     except (RuntimeError, TimeoutError) as exc:
         # A configuration that cannot boot is a result, not a reason to drop the others.
         server.stop(grace=5)
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return {**run, "skipped": f"server did not start ({first_line}); log: {log_path}"}
+    # What the master (and so its workers) got: a storm needs one fd per connection.
+    with contextlib.suppress(psutil.Error):
+        run["server_nofile"] = psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE)[0]
     try:
         run.update(
-            _measure(
+            (measure or _measure)(
                 server,
                 f"{server_config.name} {scen.name}",
                 scen,

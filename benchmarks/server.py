@@ -13,6 +13,7 @@ import functools
 import http.client
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -79,6 +80,19 @@ def stock_args(workers: int = 1, worker_connections: int = 1000, timeout: int = 
         str(timeout),
         *control_socket_disable_args(),
     ]
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE raised to the hard limit (a storm needs a socket per request).
+
+    Children inherit it: that is how the Gunicorn servers get it (a ``preexec_fn``
+    would do the same in the child, but is unsafe once the benchmark's threads run).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -182,6 +196,7 @@ class GunicornProcess:
             fd, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+        raise_nofile_limit()  # inherited by master and workers
         with open(self.log_path, "wb") as log:
             # A new session puts master and workers in their own process group, so
             # stop() can kill stragglers and Ctrl-C in the test runner doesn't race us.

@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import signal
 import statistics
 import sys
@@ -29,11 +28,13 @@ from typing import Any
 import psycopg2
 
 from benchmarks import configs as cfg
-from benchmarks import report
+from benchmarks import lanes, report
 from benchmarks.configs import BenchSettings
+from benchmarks.lanes_wrk import run_hello_wrk
 from benchmarks.postgres import start_cluster
 from benchmarks.probes import cpu_samples, package_versions
 from benchmarks.runner import libpq_url, run_one
+from benchmarks.server import raise_nofile_limit
 from gunitune.core.cpus import usable_cpus
 
 __all__ = ["Options", "main", "parse_args", "run_benchmark"]
@@ -52,6 +53,8 @@ class Options:
     scenarios: tuple[str, ...] = ("io", "cpu")
     out_dir: Path | None = None
     argv: tuple[str, ...] = ()
+    # False when --only was not given: the lanes scenarios then leave stock out.
+    configs_given: bool = False
 
 
 def _names(
@@ -84,27 +87,47 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     p.add_argument("--hello-requests", type=int, help=f"hello: requests ({d.hello_requests})")
     p.add_argument("--trickle-rate", type=float, help="mixed: /fast requests per second")
+    p.add_argument("--probe-rate", type=float, help=f"mixed-io/-cpu: per probe ({d.probe_rate}/s)")
+    p.add_argument(
+        "--mixed-cpu-seconds", type=float, help=f"mixed-cpu: CPU s of /cpu ({d.mixed_cpu_seconds})"
+    )
+    p.add_argument("--mixed-cpu-loop", type=int, help="mixed-cpu: /cpu loop (else calibrated)")
+    p.add_argument("--burst-requests", type=int, help=f"burst: size ({d.burst_requests})")
+    p.add_argument("--burst-io-seconds", type=float, help=f"burst: ({d.burst_io_seconds})")
+    p.add_argument("--wrk-rounds", type=int, help=f"hello-wrk: rounds ({d.wrk_rounds})")
+    p.add_argument(
+        "--wrk-seconds", type=float, dest="wrk_duration", help=f"wrk run ({d.wrk_duration:g})"
+    )
     p.add_argument("--only", action="append", metavar="CONFIG", help=", ".join(cfg.CONFIG_NAMES))
     p.add_argument("--scenario", action="append", help=", ".join(cfg.SCENARIO_NAMES) + " (io,cpu)")
     p.add_argument("--out", type=Path, help="results directory (results/<UTC timestamp>/)")
     p.add_argument("--quick", action="store_true", help="small and fast, for CI")
+    p.add_argument("--demo", action="store_true", help="mixed-io, hand-tuned vs gunitune, ~2 min")
     args = p.parse_args(argv)
-    base = cfg.QUICK if args.quick else cfg.DEFAULTS
+    if args.quick and args.demo:
+        p.error("--quick and --demo are two presets: choose one")
+    base = cfg.QUICK if args.quick else cfg.DEMO if args.demo else cfg.DEFAULTS
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(BenchSettings)
         if getattr(args, f.name, None) is not None
     }
     settings = dataclasses.replace(base, **given)
-    if settings.requests < 1 or (settings.workers is not None and settings.workers < 1):
-        p.error("--requests and --workers must be >= 1")
+    counts = (settings.requests, settings.burst_requests, settings.wrk_rounds)
+    if min(counts) < 1 or (settings.workers is not None and settings.workers < 1):
+        p.error("--requests, --burst-requests, --wrk-rounds and --workers must be >= 1")
+    if settings.probe_rate <= 0 or settings.mixed_cpu_seconds <= 0:
+        p.error("--probe-rate and --mixed-cpu-seconds must be > 0")
     try:
-        configs = _names(args.only, cfg.CONFIG_NAMES, cfg.CONFIG_NAMES)
-        scenarios = _names(args.scenario, cfg.SCENARIO_NAMES, ("io", "cpu"))
+        configs = _names(
+            args.only, cfg.CONFIG_NAMES, cfg.LANE_CONFIGS if args.demo else cfg.CONFIG_NAMES
+        )
+        default = ("mixed-io",) if args.demo else ("io", "cpu")
+        scenarios = _names(args.scenario, cfg.SCENARIO_NAMES, default)
     except ValueError as exc:
         p.error(str(exc))
     given_argv = tuple(sys.argv[1:] if argv is None else argv)
-    return Options(settings, configs, scenarios, args.out, given_argv)
+    return Options(settings, configs, scenarios, args.out, given_argv, bool(args.only))
 
 
 def _machine(cpus: Any) -> dict[str, Any]:
@@ -122,13 +145,16 @@ def _server_version(url: str) -> str:
         return str(conn.get_parameter_status("server_version"))
 
 
-def _raise_fd_limit() -> None:
-    # Thousands of sockets on the client side and as many in the servers (children
-    # inherit the limit); the soft default of 1024 would fail the storm itself.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def _cpu_figures(cpu_loop: int) -> tuple[float, dict[str, Any]]:
+    samples = cpu_samples(cpu_loop)
+    # The spread is part of the figure: the CPU limit is only as exact as this.
+    return statistics.median(samples), {"n": len(samples), "min": min(samples),
+                                        "max": max(samples)}  # fmt: skip
+
+
+def _save(result: dict[str, Any], out_dir: Path) -> None:
+    # Written after every run: an interrupted benchmark keeps what it measured.
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 def run_benchmark(
@@ -145,7 +171,7 @@ def run_benchmark(
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = options.out_dir or Path("results") / stamp
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    _raise_fd_limit()
+    raise_nofile_limit()
     cpus = usable_cpus()
     servers = cfg.build_configs(s, cpus.count, options.configs)
     external = environ.get("DATABASE_URL", "").strip()
@@ -169,25 +195,47 @@ def run_benchmark(
         }
         result["database"]["server_version"] = _server_version(url)
         if "cpu" in options.scenarios:
-            samples = cpu_samples(s.cpu_loop)
-            result["cpu_seconds_per_request"] = statistics.median(samples)
-            # The spread is part of the figure: the CPU limit is only as exact as this.
-            result["cpu_samples"] = {"n": len(samples), "min": min(samples), "max": max(samples)}
+            result["cpu_seconds_per_request"], result["cpu_samples"] = _cpu_figures(s.cpu_loop)
+        if "mixed-cpu" in options.scenarios:
+            loop = s.mixed_cpu_loop or lanes.calibrate_cpu_loop(s.mixed_cpu_seconds)
+            cpu, spread = _cpu_figures(loop)
+            result["mixed_cpu"] = {"cpu_loop": loop, "cpu_seconds_per_request": cpu,
+                                   "cpu_samples": spread}  # fmt: skip
         for scen_name in options.scenarios:
-            scenario = cfg.make_scenario(scen_name, s)
-            for server in servers:
+            loop = result.get("mixed_cpu", {}).get("cpu_loop")
+            ss = cfg.scenario_settings(scen_name, s, cpus.count, loop)
+            base, own = dataclasses.asdict(s), dataclasses.asdict(ss)
+            if own != base:  # the report names what this scenario ran with instead
+                result.setdefault("scenario_settings", {})[scen_name] = {
+                    k: v for k, v in own.items() if base[k] != v
+                }
+            names = options.configs
+            if scen_name in cfg.LANE_SCENARIOS and not options.configs_given:
+                names = tuple(n for n in names if n in cfg.LANE_CONFIGS)
+            scen_servers = cfg.build_configs(ss, cpus.count, names)
+            if scen_name == "hello-wrk":
+                remaining = s.global_deadline - (time.monotonic() - started) - _WRAP_UP_SECONDS
+                logs = out_dir / "logs"
+                result["runs"].extend(run_hello_wrk(scen_servers, ss, url, logs, remaining))
+                _save(result, out_dir)
+                continue
+            scenario = cfg.make_scenario(scen_name, ss)
+            cpu = (result["mixed_cpu"] if scen_name == "mixed-cpu" else result)[
+                "cpu_seconds_per_request"
+            ]
+            for server in scen_servers:
                 remaining = s.global_deadline - (time.monotonic() - started) - _WRAP_UP_SECONDS
                 run = run_one(
-                    server, scenario, s, url,
+                    server, scenario, ss, url,
                     deadline=min(s.deadline, remaining),
                     log_path=out_dir / "logs" / f"{server.name}-{scen_name}.log",
-                    cpu_seconds=result["cpu_seconds_per_request"],
+                    cpu_seconds=cpu,
                     cores=cpus.count,
                     own_cluster=cluster is not None,
+                    measure=lanes.measure_for(scen_name),
                 )  # fmt: skip
                 result["runs"].append(run)
-                # Written after every run: an interrupted benchmark keeps what it measured.
-                (out_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+                _save(result, out_dir)
         text = report.write_report(result, out_dir)
         if not quiet:
             print(text)

@@ -115,6 +115,12 @@ def create_app(config: DemoConfig) -> Flask:
     def hello_route() -> str:
         return IO_BODY
 
+    # No database and deliberately no gunitune decorator: the lanes benchmark checks
+    # that gunitune learns by itself that this route needs no DB slot.
+    @app.get("/health")
+    def health_route() -> str:
+        return "ok\n"
+
     @app.after_request
     def served_by(response: Response) -> Response:
         # Which worker answered: the tests check that CPU work spreads over all of them.

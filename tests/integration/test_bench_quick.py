@@ -53,3 +53,31 @@ def test_quick_storm_tells_configurations_apart(postgres: PostgresCluster, tmp_p
     assert (out / "storm.png").read_bytes().startswith(b"\x89PNG")
     report = (out / "report.md").read_text()
     assert "| gunitune | cpu | 300 | 300 |" in report
+
+
+def test_quick_mixed_io_reports_probe_figures(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """The lanes scenario end to end (~20 s): figures present, not their values, which
+    depend on the library under test."""
+    out = tmp_path / "lanes"
+    argv = ["--quick", "--scenario", "mixed-io", "--requests", "150", "--out", str(out)]
+    result = storm.run_benchmark(
+        storm.parse_args(argv), environ={"DATABASE_URL": postgres.url}, quiet=True
+    )
+
+    runs = {r["config"]: r for r in result["runs"]}
+    # Without --only the lanes scenarios compare hand-tuned with gunitune.
+    assert set(runs) == {"hand-tuned", "gunitune"}
+    for run in runs.values():
+        assert not run.get("skipped"), run
+        f = run["storm"]
+        assert f["requests"] == 150 and f["limit"] > 0 and f["ratio"] is not None
+        assert "failure_kinds" in f and f["connected"] + f["never_connected"] == 150
+        assert set(run["probes"]) == {"/health", "/fast"}
+        for probe in run["probes"].values():
+            assert probe["requests"] >= 1
+            assert {"failures", "failure_kinds", "p50", "p99", "max", "series"} <= set(probe)
+        # Every worker the server ran is in the per-worker completions.
+        assert len(run["per_worker"]["completions"]) >= run["workers"]
+    report = (out / "report.md").read_text()
+    assert "### mixed-io" in report and "| gunitune | probe /health |" in report
+    assert (out / "storm.png").read_bytes().startswith(b"\x89PNG")

@@ -170,6 +170,24 @@ def test_refused() -> None:
         res = asyncio.run(request_once("127.0.0.1", port, "/"))
     assert res.error == "refused"
     assert res.connected is None
+    assert res.connect_started is not None and res.connect_time is None
+
+
+def test_connect_time_and_served_by_are_captured() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.2)  # the server's work: counted in latency, not connect time
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Served-By: 4242\r\nContent-Length: 2\r\n\r\nhi")
+        writer.close()
+
+    res = asyncio.run(_one(slow))
+    assert res.body_ok and res.served_by == 4242
+    assert res.connect_started is not None and res.connected is not None
+    assert res.started <= res.connect_started <= res.connected <= res.finished
+    assert res.connect_time is not None and 0 <= res.connect_time < 0.2 <= res.latency
+    # No header, or not a pid: no worker to credit.
+    for headers in ({}, {"x-served-by": "abc"}):
+        assert RequestResult(0, "/", headers=headers).served_by is None
 
 
 def test_storm_trickle_and_deadline() -> None:
