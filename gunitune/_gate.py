@@ -28,28 +28,29 @@ from gevent.server import StreamServer
 from gunitune._board import Seat
 from gunitune.core.balance import may_accept
 
-__all__ = ["EagerServer", "GatedPool", "HeldGate", "listen_queue_length"]
+__all__ = ["EagerServer", "GatedPool", "HeldGate", "listen_queue"]
 
 # How often a worker whose gate is shut for balance looks at the board again:
 # the other workers' counts change in other processes, which send no event.
-_RECHECK_SECONDS = 0.01
+_RECHECK_SECONDS = 0.002
 # Connections accepted per turn of the loop, gate permitting (gevent's default).
 _ACCEPT_PER_TURN = 100
-# struct tcp_info: tcpi_unacked, which a listening socket fills with its
-# accept queue's length (Linux), is the 32-bit field at byte 24.
-_TCPI_UNACKED = struct.Struct("=I")
-_TCPI_UNACKED_OFFSET = 24
+# struct tcp_info of a listening socket (Linux): tcpi_unacked holds its accept
+# queue's length and tcpi_sacked the queue's size, 32-bit fields at byte 24.
+_TCPI_QUEUE = struct.Struct("=II")
+_TCPI_QUEUE_OFFSET = 24
 
 
-def listen_queue_length(sock: Any) -> int:
-    """Connections waiting in a listening socket's accept queue (0 where unknown)."""
+def listen_queue(sock: Any) -> tuple[int, int]:
+    """(connections waiting, queue size) of a listening socket; (0, 0) where unknown."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
     except (OSError, AttributeError):
-        return 0  # a UNIX socket, or not Linux
-    if len(info) < _TCPI_UNACKED_OFFSET + 4:
-        return 0
-    return int(_TCPI_UNACKED.unpack_from(info, _TCPI_UNACKED_OFFSET)[0])
+        return 0, 0  # a UNIX socket, or not Linux
+    if len(info) < _TCPI_QUEUE_OFFSET + _TCPI_QUEUE.size:
+        return 0, 0
+    waiting, size = _TCPI_QUEUE.unpack_from(info, _TCPI_QUEUE_OFFSET)
+    return int(waiting), int(size)
 
 
 class HeldGate:
@@ -83,11 +84,16 @@ class HeldGate:
         if may_accept(held, others):
             return False
         # Only now is the kernel's queue worth a system call per listener.
-        return not may_accept(held, others, self.in_kernel_queue())
+        return not may_accept(held, others, *self.kernel_queue())
 
-    def in_kernel_queue(self) -> int:
-        """Connections waiting in this worker's listen queues."""
-        return sum(listen_queue_length(sock) for sock in self.listeners)
+    def kernel_queue(self) -> tuple[int, int]:
+        """Connections waiting in this worker's listen queues, and the queues' size."""
+        waiting = size = 0
+        for sock in self.listeners:
+            queued, limit = listen_queue(sock)
+            waiting += queued
+            size += limit
+        return waiting, size
 
     def busy(self, connection: Any) -> None:
         """A request arrived on ``connection``."""
@@ -137,7 +143,7 @@ class HeldGate:
             "idle_keepalive": len(self._idle),
             "max_held": self.max_held,
             "others_held": self.seat.others() if self.seat is not None else [],
-            "in_kernel_queue": self.in_kernel_queue(),
+            "in_kernel_queue": self.kernel_queue()[0],
             "accepting": not self.full(),
         }
 

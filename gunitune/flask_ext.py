@@ -91,7 +91,8 @@ class GuniTune:
         db = db if db is not None else (self.db or app.extensions.get("sqlalchemy"))
         found, primary = self._engines_of(app, db)
         all_engines = [*found, *(e for e in [*self.engines, *engines] if e not in found)]
-        primary = primary or (all_engines[0] if all_engines else None)
+        if primary is None and len(all_engines) == 1:
+            primary = all_engines[0]
 
         def resolve_own() -> Resolved:
             return resolve(
@@ -115,9 +116,10 @@ class GuniTune:
         )
         app.extensions[EXTENSION_KEY] = self
         self._cycles[app] = cycle
-        app.before_request(cycle.before_request)
+        # First among the app's hooks: a request waits for its lane before the
+        # app's own before_request functions may touch the database.
+        app.before_request_funcs.setdefault(None, []).insert(0, cycle.before_request)
         app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
-        app.after_request(cycle.after_request)
         if settings.stats_path:
             view = stats_view(self.stats, app, settings.stats_token)
             app.add_url_rule(settings.stats_path, "gunitune_stats", self.exempt(view))

@@ -265,11 +265,13 @@ class Limiter:
         raise Rejected(reason, self._clock() - start, lane)
 
     def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:
-        if waiter.granted:
-            self._give_back(scheduler, waiter.lane)
-        else:
-            with self._lock:
+        # Under the lock: with threads, a release may hand this waiter a slot
+        # between the check and the cancel, and that slot would be lost.
+        with self._lock:
+            if not waiter.granted:
                 scheduler.cancel(waiter)
+                return
+        self._give_back(scheduler, waiter.lane)
 
     def _give_back(self, scheduler: LaneScheduler, lane: str) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Flask, Response, request
+from flask import Flask, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -47,13 +47,25 @@ _SHED_KEY = "gunitune.retry_after"
 _BLOCK_REPORT_INTERVAL = 10.0
 # Decorator modes: lanes forced by the app, plus "io" (any lane but the CPU lane).
 MODES = (EXEMPT, FAST, SLOW, CPU, "io")
-_current: ContextVar[_InFlight | None] = ContextVar("gunitune_in_flight", default=None)
+# The request running in this greenlet, for the pool's checkout listener: its
+# state when it is tracked, its route when it took the hot path.
+_current: ContextVar[_InFlight | _Route | None] = ContextVar("gunitune_request", default=None)
+
+
+@dataclass(slots=True, frozen=True)
+class _Route:
+    """A URL rule as the hot path needs it (cached by the rule's identity)."""
+
+    route: str
+    mode: str | None
+    profile: RouteProfile
 
 
 @dataclass(slots=True)
 class _InFlight:
     route: str
     profile: RouteProfile
+    mode: str | None
     db_lane: str
     cpu: bool
     measured: bool
@@ -125,7 +137,7 @@ class RequestCycle:
     retry_after: int | None = None
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
-    _modes: dict[str | None, str | None] = field(default_factory=dict)
+    _routes: dict[int, _Route] = field(default_factory=dict)
     _blocks: _BlockReports = field(default_factory=_BlockReports)
     _watcher: Any = None
 
@@ -146,30 +158,51 @@ class RequestCycle:
 
     def before_request(self) -> None:
         """Pick the request's lane and wait for it, or raise :class:`Overloaded`."""
-        endpoint = request.endpoint
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        rule = req.url_rule
         try:
-            mode = self._modes[endpoint]
+            known = self._routes[id(rule)]
         except KeyError:
-            view = self.app.view_functions.get(endpoint) if endpoint else None
-            mode = self._modes[endpoint] = self.mode_of(view)
-        if mode == EXEMPT:
+            known = self._learn_rule(rule)
+        if known.mode == EXEMPT:
             _current.set(None)
             return
-        rule = request.url_rule
-        route = rule.rule if rule is not None else "<unmatched>"
-        profile = self.profiles.get(route)
+        profile = known.profile
         measured = self.profiles.should_measure(profile)
-        db_lane, cpu = _decide(mode, self.profiles.lanes_for(profile))
-        state = _InFlight(route, profile, db_lane, cpu, measured)
+        if not (measured or known.mode) and profile.lane == EXEMPT:
+            # The hot path of a route that needs nothing: no slot, no measurement.
+            # The checkout listener still sees it, should it touch the database.
+            _current.set(known)
+            return
+        db_lane, cpu = _decide(known.mode, self.profiles.lanes_for(profile))
+        state = _InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
         _current.set(state)
-        environ = request.environ
+        environ = req.environ
         if cpu or db_lane != EXEMPT:
             self._start_watcher()
-            state.ticket = self._acquire(state, mode, environ)
-        if state.measured:
-            self.meter.start(route)
-        if state.ticket is not None or state.measured:
+            state.ticket = self._acquire(state, known.mode, environ)
+        if measured:
+            self.meter.start(known.route)
+        if state.ticket is not None or measured:
             environ[_ENVIRON_KEY] = state
+
+    def _learn_rule(self, rule: Any) -> _Route:
+        """Cache what a URL rule needs per request: its decorator mode, route name, profile."""
+        if rule is None:
+            name, mode = "<unmatched>", None
+        else:
+            view = self.app.view_functions.get(rule.endpoint)
+            mode = self.mode_of(view)
+            name = rule.rule
+            # Two views on one pattern (GET and POST /x) are two routes.
+            rules = self.app.url_map.iter_rules()
+            if any(r.rule == name and r.endpoint != rule.endpoint for r in rules):
+                name = f"{rule.rule} [{rule.endpoint}]"
+        # Exempt views are never measured: no profile in the stats for them.
+        profile = RouteProfile() if mode == EXEMPT else self.profiles.get(name)
+        known = _Route(name, mode, profile)
+        self._routes[id(rule)] = known
+        return known
 
     def _acquire(
         self, state: _InFlight, mode: str | None, environ: WSGIEnvironment
@@ -198,21 +231,24 @@ class RequestCycle:
 
                 raise ClientDisconnected() from None
 
-    def after_request(self, response: Response) -> Response:
-        """Keep ``Retry-After`` on a shed request even when the app renders its own 503."""
-        retry_after = request.environ.get(_SHED_KEY)
-        if retry_after is not None and "Retry-After" not in response.headers:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
-
     def wsgi_wrapper(self, wsgi_app: WSGIApplication) -> WSGIApplication:
-        """Wrap ``app.wsgi_app`` so the slot is released when the response is closed."""
+        """Wrap ``app.wsgi_app``: release slots when the response closes, keep Retry-After."""
 
         def release_on_close(
             environ: WSGIEnvironment, start_response: StartResponse
         ) -> Iterable[bytes]:
+            def keep_retry_after(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+                # A shed request rendered by the app's own 503 handler still
+                # tells the client when to come back.
+                retry_after = environ.get(_SHED_KEY)
+                if retry_after is not None and not any(
+                    name.lower() == "retry-after" for name, _ in headers
+                ):
+                    headers.append(("Retry-After", str(retry_after)))
+                return start_response(status, headers, *exc)
+
             try:
-                body = wsgi_app(environ, start_response)
+                body = wsgi_app(environ, keep_retry_after)
             except BaseException:
                 self.finish(environ)
                 raise
@@ -235,16 +271,18 @@ class RequestCycle:
         if account is None:
             return
         profile = state.profile
-        before = (profile.lane, profile.db_lane)
+        before = _decide(state.mode, self.profiles.lanes_for(profile))
         self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db)
-        if (profile.lane, profile.db_lane) != before and self.limiter is not None:
-            self.limiter.reroute(state.route, profile.db_lane, profile.lane == CPU)
+        after = _decide(state.mode, self.profiles.lanes_for(profile))
+        if after != before and self.limiter is not None:
+            # Its queued requests move to the lanes the measurement gives them.
+            self.limiter.reroute(state.route, *after)
             log.info(
                 "route_lane",
                 route=state.route,
-                lane=profile.lane,
-                db_lane=profile.db_lane,
-                was=before[0],
+                lane=CPU if after[1] else after[0],
+                db_lane=after[0],
+                was=CPU if before[1] else before[0],
                 pid=os.getpid(),
             )
         if account.longest_slice >= self.block_threshold:
@@ -252,7 +290,12 @@ class RequestCycle:
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         state = _current.get()
-        if state is None or state.used_db:
+        if state is None:
+            return
+        if isinstance(state, _Route):
+            self.profiles.saw_database(state.route)
+            return
+        if state.used_db:
             return
         state.used_db = True
         if state.db_lane == EXEMPT:

@@ -25,13 +25,19 @@ SLACK = 2
 SLACK_RATIO = 0.05
 
 
-def may_accept(mine: int, others: Sequence[int], in_kernel_queue: int = 0) -> bool:
+def may_accept(
+    mine: int, others: Sequence[int], in_kernel_queue: int = 0, kernel_queue_max: int = 0
+) -> bool:
     """True when a worker holding ``mine`` requests should accept one more.
 
     ``others``: what the other accepting workers hold; ``in_kernel_queue``:
-    connections waiting in the listen queue(s) this worker accepts from.
+    connections waiting in the listen queue(s) this worker accepts from, out of
+    ``kernel_queue_max``. A queue half full is about to drop SYNs (each costs
+    its client a 1 s retry, then 3 s...): then balance gives way.
     """
     if not others:
+        return True
+    if kernel_queue_max and 2 * in_kernel_queue >= kernel_queue_max:
         return True
     lowest = min(others)
     slack = max(SLACK, math.ceil(SLACK_RATIO * lowest))

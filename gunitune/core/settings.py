@@ -20,8 +20,6 @@ __all__ = ["PREFIX", "Setting", "Settings", "render_markdown"]
 PREFIX = "GUNITUNE_"
 T = TypeVar("T")
 Parser = Callable[[object], T]
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _AUTO = {"", "auto", "none"}
 _OFF = {"", "off", "none"}
 
@@ -92,20 +90,6 @@ def _choice(*choices: str) -> tuple[Parser[str], str]:
         return value
 
     return parse, "one of " + ", ".join(choices)
-
-
-def _boolean() -> tuple[Parser[bool], str]:
-    def parse(raw: object) -> bool:
-        if isinstance(raw, bool):
-            return raw
-        value = str(raw).strip().lower()
-        if value in _TRUE:
-            return True
-        if value in _FALSE:
-            return False
-        raise ValueError
-
-    return parse, "true or false (1/0, yes/no, on/off)"
 
 
 def _path_or_off() -> tuple[Parser[str], str]:

@@ -1,12 +1,16 @@
-"""Helpers shared by the unit tests of the extension and the CPU meter."""
+"""Helpers shared by the unit tests of the extension, the limiter and the CPU meter."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+
+from gunitune.core.resolve import PoolFacts, Resolved, resolve
 
 
 class ClosingClient(FlaskClient):
@@ -32,3 +36,17 @@ def burn(seconds: float) -> None:
     end = time.thread_time() + seconds
     while time.thread_time() < end:
         pass
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (made true by another thread) without a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        pause.wait(0.001)
+
+
+def resolved(capacity: int | None = 2, config: Mapping[str, Any] | None = None) -> Resolved:
+    """What a worker outside Gunicorn resolves from ``config`` and one primary pool."""
+    return resolve({}, dict(config or {}), None, [PoolFacts(capacity, primary=True)])

@@ -24,7 +24,7 @@ def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     rows = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("  ")}
     assert rows["workers"][2] == "33"
     assert rows["worker_class"][2] == "gevent"
-    assert rows["worker_connections"][2] == "15"
+    assert rows["worker_connections"][2] == "5000"  # held per worker (GUNITUNE_MAX_HELD)
     assert rows["backlog"][2] == "3000"
     assert rows["timeout"][2] == "30"
     assert rows["max_connections"][2:4] == [">=", "600"]
@@ -40,11 +40,12 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "plan", "--cpus", "32", "--json")
     assert code == 0
     data = json.loads(out)
-    assert (data["workers"], data["worker_connections"], data["total_db_connections"]) == (
+    assert (data["workers"], data["connections_per_worker"], data["total_db_connections"]) == (
         33,
         15,
         495,
     )
+    assert data["worker_connections"] == 5000
     assert data["recommended_max_connections"] == 600
     assert data["somaxconn"] is None  # --cpus plans for another machine
     assert data["cpu_source"] == "--cpus"
@@ -68,7 +69,8 @@ def test_plan_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     data = json.loads(out)
     assert data["workers"] == 2
-    assert data["worker_connections"] == 20  # 10 + 10 for unlimited overflow
+    assert data["connections_per_worker"] == 20  # 10 + 10 for unlimited overflow
+    assert data["total_db_connections"] == 40
     assert data["backlog"] == 5000
     assert data["timeout"] == data["graceful_timeout"] == 60
     assert data["recommended_max_connections"] == 50

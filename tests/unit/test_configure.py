@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from gunitune import configure
 from gunitune.configure import WORKER_CLASS, derive, load, with_workers
@@ -26,10 +27,17 @@ def test_workers_are_cpus_plus_one() -> None:
     assert "fake affinity" in derived.plan.reasons["workers"]
 
 
-def test_worker_connections_are_pool_size_plus_overflow() -> None:
-    assert derive({}, FOUR).plan.worker_connections == 5 + 10
+def test_worker_connections_are_max_held() -> None:
+    assert derive({}, FOUR).plan.worker_connections == 5000
+    derived = derive({"GUNITUNE_MAX_HELD": "250", "GUNITUNE_POOL_SIZE": "2"}, FOUR)
+    assert derived.plan.worker_connections == 250
+    assert derived.gunicorn_settings()["worker_connections"] == 250
+
+
+def test_database_connections_are_pool_size_plus_overflow_per_worker() -> None:
+    assert derive({}, FOUR).plan.connections_per_worker == 5 + 10
     derived = derive({"GUNITUNE_POOL_SIZE": "2", "GUNITUNE_MAX_OVERFLOW": "1"}, FOUR)
-    assert derived.plan.worker_connections == 3
+    assert derived.plan.connections_per_worker == 3
     assert derived.plan.total_db_connections == 5 * 3
 
 
@@ -38,7 +46,7 @@ def test_gunicorn_settings() -> None:
     assert derived.gunicorn_settings() == {
         "worker_class": WORKER_CLASS,
         "workers": 2,
-        "worker_connections": 15,
+        "worker_connections": 5000,
         "backlog": 5000,
         "timeout": 45,
         "graceful_timeout": 45,
@@ -129,15 +137,15 @@ def test_load_returns_derived_for_good_settings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(configure, "usable_cpus", lambda: CpuCount(3, "patched"))
     derived = load({"GUNITUNE_POOL_SIZE": "4", "GUNITUNE_MAX_OVERFLOW": "0"})
     assert derived.plan.workers == 4
-    assert derived.plan.worker_connections == 4
+    assert derived.plan.connections_per_worker == 4
 
 
 def test_with_workers_replans() -> None:
-    derived = derive({"GUNITUNE_BURST": "4000"}, FOUR)
+    derived = derive({"GUNITUNE_BURST": "4000", "GUNITUNE_MAX_HELD": "900"}, FOUR)
     replanned = with_workers(derived, 9)
     assert replanned.plan.workers == 9
     assert replanned.plan.total_db_connections == 9 * 15
-    assert replanned.plan.worker_connections == derived.plan.worker_connections
+    assert replanned.plan.worker_connections == derived.plan.worker_connections == 900
     assert replanned.plan.backlog == derived.plan.backlog == 4000
     assert replanned.plan.cpus == 4
     assert replanned.plan.recommended_max_connections > derived.plan.recommended_max_connections
@@ -155,3 +163,23 @@ def test_with_same_workers_is_unchanged() -> None:
 def test_with_workers_rejects_zero() -> None:
     with pytest.raises(ConfigError, match="workers=0 is invalid"):
         with_workers(derive({}, FOUR), 0)
+
+
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app@db.example/app?password={SECRET}",
+        # postgres.py supports an unencoded "@" in the password; mask_url does not.
+        f"postgresql://app:{SECRET}@x@db.example/app",
+    ],
+)
+def test_start_event_hides_the_password(url: str) -> None:
+    derived = derive({"GUNITUNE_BUDGET_CHECK": "off"}, CpuCount(1, "test"))
+    with capture_logs() as logs:
+        configure.start(derived, {"DATABASE_URL": url})
+    logged = str(logs)
+    assert SECRET not in logged, logged
+    assert "x@db" not in logged, logged  # the tail of a password holding "@"

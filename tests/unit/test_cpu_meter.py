@@ -20,8 +20,6 @@ from tests.unit.helpers import burn
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -41,7 +39,6 @@ def restore_tracer() -> Iterator[None]:
 @pytest.fixture
 def meter() -> Iterator[GreenletCpuMeter]:
     m = GreenletCpuMeter(block_threshold=10.0)
-    m.install()
     yield m
     m.uninstall()
 
@@ -208,8 +205,7 @@ def test_previous_tracer_is_chained_and_restored() -> None:
     account = glet.switch()
     assert account is not None and account.cpu >= 0.015
 
-    meter.uninstall()
-    assert greenlet.gettrace() is previous
+    assert greenlet.gettrace() is previous  # the last stop uninstalled it
     meter.uninstall()  # idempotent
     assert greenlet.gettrace() is previous
     seen = len(events)
@@ -217,23 +213,60 @@ def test_previous_tracer_is_chained_and_restored() -> None:
     assert len(events) > seen  # the previous tracer still works on its own
 
 
-def test_uninstall_stops_measuring_switches() -> None:
+def test_start_installs_the_tracer_and_the_last_stop_removes_it() -> None:
+    def previous(event: str, args: Any) -> None:
+        pass
+
+    greenlet.settrace(previous)
     meter = GreenletCpuMeter()
-    meter.install()
-    meter.uninstall()
-    assert greenlet.gettrace() is None or greenlet.gettrace() != meter._trace
+    assert greenlet.gettrace() is previous  # nothing measured: no cost on switches
+
+    def request(label: str) -> Account | None:
+        meter.start(label)
+        parent_switch()
+        return meter.stop()
+
+    first, second = greenlet.greenlet(request), greenlet.greenlet(request)
+    first.switch("/a")
+    assert greenlet.gettrace() == meter._trace
+    second.switch("/b")
+    assert first.switch() is not None
+    assert greenlet.gettrace() == meter._trace  # "/b" is still measured
+    assert second.switch() is not None
+    assert meter.measuring == 0
+    assert greenlet.gettrace() is previous
+
+
+def test_switches_after_the_last_stop_are_not_traced() -> None:
+    meter = GreenletCpuMeter()
+    meter.start("/done")
+    assert meter.stop() is not None
 
     def request() -> Account | None:
-        meter.start("/untraced")
         parent_switch()
         return meter.stop()
 
     glet = greenlet.greenlet(request)
     glet.switch()
-    burn(0.05)  # no tracer: the meter cannot tell the parent's CPU from the request's
+    assert glet.switch() is None  # never measured: the tracer was gone
+
+
+def test_stop_of_an_unmeasured_greenlet_keeps_measuring_the_others(
+    meter: GreenletCpuMeter,
+) -> None:
+    def request() -> Account | None:
+        meter.start("/kept")
+        parent_switch()
+        burn(0.02)
+        return meter.stop()
+
+    glet = greenlet.greenlet(request)
+    glet.switch()
+    assert meter.stop() is None  # this greenlet was never measured
+    burn(0.05)  # the parent's CPU, while the request is switched out
     account = glet.switch()
     assert account is not None
-    assert account.cpu >= 0.04
+    assert 0.015 <= account.cpu < 0.05  # still traced: the parent's CPU is not charged
 
 
 GEVENT_SCRIPT = textwrap.dedent(
@@ -246,14 +279,14 @@ GEVENT_SCRIPT = textwrap.dedent(
     import time
 
     import gevent
+    import greenlet
 
     from gunitune.core.limits import RouteProfiles
     from gunitune.cpu_meter import GreenletCpuMeter
 
     meter = GreenletCpuMeter(block_threshold=10.0)
-    meter.install()
     # A low threshold keeps the CPU route CPU-bound on a loaded machine; without
-    # per-greenlet accounting the IO route would still measure ~100% CPU here.
+    # per-greenlet accounting the IO route would measure the CPU route's time.
     profiles = RouteProfiles(threshold=0.2)
 
 
@@ -265,11 +298,11 @@ GEVENT_SCRIPT = textwrap.dedent(
 
     def measured(route, body):
         for _ in range(4):
-            meter.start(route)
-            began = time.perf_counter()
+            meter.start(route)  # installs the tracer if nothing else is measured
             body()
             account = meter.stop()
-            profiles.add(route, account.cpu, time.perf_counter() - began)
+            # What the extension feeds the profiles with.
+            profiles.add(route, account.cpu, account.own_wall, used_db=True)
 
 
     def io_body():
@@ -287,9 +320,8 @@ GEVENT_SCRIPT = textwrap.dedent(
         gevent.spawn(measured, "/cpu", cpu_body),
     ])
     print(json.dumps({
-        "io": profiles.is_cpu_bound("/io"),
-        "cpu": profiles.is_cpu_bound("/cpu"),
         "routes": profiles.snapshot(),
+        "tracer_left": greenlet.gettrace() is not None,
     }))
     """
 )
@@ -310,8 +342,9 @@ def test_gevent_io_route_interleaved_with_cpu_route_is_not_misclassified() -> No
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     routes = report["routes"]
-    assert report["io"] is False, routes
-    assert report["cpu"] is True, routes
-    assert routes["/io"]["cpu_ratio"] < 0.1, routes
+    assert routes["/io"]["lane"] != "cpu", routes
+    assert routes["/cpu"]["lane"] == "cpu", routes
+    assert routes["/io"]["cpu_ms"] < 5, routes  # the CPU route's 150 ms are not charged to it
     assert routes["/cpu"]["cpu_ms"] >= 120, routes
     assert routes["/io"]["samples"] == routes["/cpu"]["samples"] == 4
+    assert report["tracer_left"] is False  # nothing measured any more: no tracer

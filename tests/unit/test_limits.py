@@ -1,211 +1,186 @@
-"""Limit algorithms: the adaptive accept window, route classification, Retry-After."""
+"""Route profiles (what a worker learns, which lane a route takes) and Retry-After."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from gunitune.core.limits import AcceptWindow, RouteProfiles, retry_after_seconds
-
-# --- AcceptWindow -------------------------------------------------------------
-
-
-def test_window_starts_at_capacity() -> None:
-    window = AcceptWindow(capacity=15, floor=1, cpu_budget=3.0)
-    assert window.window == 15
-    assert window.target() == 15
-    assert window.samples == 0
-
-
-@pytest.mark.parametrize(
-    ("cpu", "expected"),
-    [
-        (0.5, 6),  # floor(3.0 / 0.5)
-        (1.0, 3),
-        (0.7, 4),  # floor(4.28)
-        (0.25, 12),
-        (2.9, 1),
-    ],
+from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
+from gunitune.core.limits import (
+    NO_DB_STREAK,
+    SAMPLE_EVERY,
+    WARMUP_SAMPLES,
+    RouteProfiles,
+    retry_after_seconds,
 )
-def test_cpu_heavy_sample_shrinks_to_budget_over_cpu(cpu: float, expected: int) -> None:
-    window = AcceptWindow(capacity=15, floor=1, cpu_budget=3.0)
-    assert window.on_sample(cpu, wall_seconds=cpu * 2) == expected
-    assert window.window == expected
-    assert window.window == math.floor(3.0 / cpu)
+
+# --- RouteProfiles: sampling ----------------------------------------------------
 
 
-def test_window_never_below_floor() -> None:
-    window = AcceptWindow(capacity=15, floor=2, cpu_budget=3.0)
-    assert window.on_sample(10.0, 10.0) == 2  # floor(0.3) = 0, held at the floor
-    for _ in range(20):
-        window.on_sample(100.0, 100.0)
-    assert window.window == 2
-
-
-def test_window_never_above_capacity() -> None:
-    window = AcceptWindow(capacity=15, floor=1, cpu_budget=3.0)
-    assert window.on_sample(0.001, 0.5) == 15  # 3000 affordable, capped
-    assert window.on_sample(0.0, 0.5) == 15
-
-
-def test_zero_or_negative_cpu_keeps_the_window_open() -> None:
-    window = AcceptWindow(capacity=15, cpu_budget=3.0)
-    assert window.on_sample(-1.0, 0.1) == 15
-    assert window.cpu_per_request == 0.0
-
-
-def test_wall_time_does_not_move_the_window() -> None:
-    a = AcceptWindow(capacity=15, cpu_budget=3.0)
-    b = AcceptWindow(capacity=15, cpu_budget=3.0)
-    assert a.on_sample(0.5, 0.5) == b.on_sample(0.5, 30.0)
-
-
-def test_ewma_smoothing() -> None:
-    window = AcceptWindow(capacity=100, floor=1, cpu_budget=3.0, smoothing=0.3)
-    window.on_sample(0.1, 0.1)
-    assert window.cpu_per_request == pytest.approx(0.1)  # first sample taken as is
-    window.on_sample(1.0, 1.0)
-    assert window.cpu_per_request == pytest.approx(0.1 + 0.3 * (1.0 - 0.1))
-    assert window.window == math.floor(3.0 / 0.37)
-    assert window.samples == 2
-
-
-def test_one_slow_request_does_not_close_the_window() -> None:
-    window = AcceptWindow(capacity=50, floor=1, cpu_budget=3.0, smoothing=0.3)
-    for _ in range(10):
-        window.on_sample(0.01, 0.2)
-    assert window.window == 50
-    window.on_sample(3.0, 3.0)  # alone, this would give floor(3/3) = 1
-    assert window.window > 1
-    assert window.window == math.floor(3.0 / (0.01 + 0.3 * (3.0 - 0.01)))
-
-
-def test_window_reopens_when_work_turns_io_bound() -> None:
-    window = AcceptWindow(capacity=15, floor=1, cpu_budget=3.0, smoothing=0.3)
-    window.on_sample(1.0, 1.0)
-    assert window.window == 3
-    seen = [window.on_sample(0.0, 0.5) for _ in range(30)]
-    assert seen == sorted(seen)  # opens monotonically
-    assert seen[-1] == 15
-
-
-def test_floor_above_capacity_is_clamped() -> None:
-    window = AcceptWindow(capacity=2, floor=5)
-    assert window.floor == 2
-    assert window.on_sample(100.0, 100.0) == 2
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"capacity": 0}, "capacity=0 is invalid"),
-        ({"capacity": 3, "floor": 0}, "floor=0 is invalid"),
-        ({"capacity": 3, "cpu_budget": 0.0}, "cpu_budget=0.0 is invalid"),
-        ({"capacity": 3, "cpu_budget": float("nan")}, "cpu_budget=nan is invalid"),
-    ],
-)
-def test_invalid_construction(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        AcceptWindow(**kwargs)  # type: ignore[arg-type]
-
-
-def test_resize_follows_new_capacity() -> None:
-    window = AcceptWindow(capacity=15, floor=1, cpu_budget=3.0)
-    assert window.resize(30) == 30  # no samples yet: fully open
-    window.on_sample(0.5, 0.5)
-    assert window.window == 6
-    assert window.resize(4) == 4  # the CPU estimate allows 6, the new ceiling 4
-    assert window.resize(40) == 6  # back to what the CPU estimate allows
-    assert window.capacity == 40
-
-
-def test_resize_below_floor_lowers_the_floor() -> None:
-    window = AcceptWindow(capacity=10, floor=3, cpu_budget=3.0)
-    window.on_sample(100.0, 100.0)
-    assert window.window == 3
-    assert window.resize(2) == 2
-    assert window.floor == 2
-
-
-def test_resize_rejects_zero() -> None:
-    window = AcceptWindow(capacity=10)
-    with pytest.raises(ValueError, match="capacity=0 is invalid"):
-        window.resize(0)
-    assert window.capacity == 10
-
-
-def test_resize_down_then_up_restores_floor() -> None:
-    window = AcceptWindow(capacity=10, floor=3, cpu_budget=3.0)
-    window.on_sample(100.0, 100.0)
-    window.resize(2)
-    assert window.resize(10) == 3
-
-
-# --- RouteProfiles ------------------------------------------------------------
-
-
-def test_unknown_route_is_not_cpu_bound() -> None:
+def test_unknown_route_gets_a_fresh_fast_profile() -> None:
     profiles = RouteProfiles()
-    assert profiles.is_cpu_bound("/never-seen") is False
     assert profiles.snapshot() == {}
+    profile = profiles.get("/never-seen")
+    assert (profile.lane, profile.db_lane, profile.samples, profile.seen) == (FAST, FAST, 0, 0)
+    assert profiles.get("/never-seen") is profile
 
 
-def test_classification_threshold_is_strict() -> None:
+def test_every_request_is_measured_while_warming_up_then_one_in_sample_every() -> None:
+    profiles = RouteProfiles()
+    profile = profiles.get("/r")
+    for _ in range(WARMUP_SAMPLES):
+        assert profiles.should_measure(profile) is True
+        profiles.add("/r", 0.001, 0.01, used_db=True)
+    later = [profiles.should_measure(profile) for _ in range(4 * SAMPLE_EVERY)]
+    assert later.count(True) == 4
+    assert all(later[i] for i in range(len(later)) if (WARMUP_SAMPLES + i + 1) % SAMPLE_EVERY == 0)
+    assert profile.seen == WARMUP_SAMPLES + 4 * SAMPLE_EVERY
+
+
+def test_requests_not_measured_yet_keep_being_measured_past_the_warmup_count() -> None:
+    profiles = RouteProfiles()
+    profile = profiles.get("/r")
+    # Many requests arrive before any finishes: all of them are measured.
+    assert all(profiles.should_measure(profile) for _ in range(3 * WARMUP_SAMPLES))
+
+
+# --- RouteProfiles: lanes of a new route -----------------------------------------
+
+
+def test_first_request_of_a_new_route_is_fast_and_later_ones_slow_until_measured() -> None:
+    profiles = RouteProfiles()
+    profile = profiles.get("/new")
+    profiles.should_measure(profile)
+    assert profiles.lanes_for(profile) == (FAST, False)
+    profiles.should_measure(profile)  # arrives while the first one still runs
+    assert profiles.lanes_for(profile) == (SLOW, False)
+    profiles.add("/new", 0.001, 0.01, used_db=True)  # the first one finished: fast
+    profiles.should_measure(profile)
+    assert profiles.lanes_for(profile) == (FAST, False)
+
+
+# --- RouteProfiles: classification --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wall", "lane"), [(0.01, FAST), (0.1, FAST), (0.100001, SLOW), (2.0, SLOW)]
+)
+def test_database_route_is_fast_up_to_fast_seconds(wall: float, lane: str) -> None:
+    profiles = RouteProfiles(fast_seconds=0.1)
+    assert profiles.add("/db", 0.0, wall, used_db=True) == lane
+    assert profiles.lanes_for(profiles.get("/db")) == (lane, False)
+
+
+def test_fast_seconds_setting_moves_the_boundary() -> None:
+    profiles = RouteProfiles(fast_seconds=1.0)
+    assert profiles.add("/db", 0.0, 0.5, used_db=True) == FAST
+
+
+def test_route_without_database_becomes_exempt_after_a_streak() -> None:
+    profiles = RouteProfiles()
+    for _ in range(NO_DB_STREAK - 1):
+        assert profiles.add("/health", 0.0, 0.001, used_db=False) == FAST
+    assert profiles.add("/health", 0.0, 0.001, used_db=False) == EXEMPT
+    assert profiles.lanes_for(profiles.get("/health")) == (EXEMPT, False)
+
+
+def test_one_database_request_breaks_the_no_database_streak() -> None:
+    profiles = RouteProfiles()
+    for used_db in (False, False, True, False, False):
+        lane = profiles.add("/cached", 0.0, 0.001, used_db=used_db)
+    assert lane == FAST
+    assert profiles.add("/cached", 0.0, 0.001, used_db=False) == EXEMPT
+
+
+def test_exempt_route_that_checks_out_a_connection_goes_back_to_a_database_lane() -> None:
+    profiles = RouteProfiles(fast_seconds=0.1)
+    for _ in range(NO_DB_STREAK):
+        profiles.add("/mostly-cached", 0.0, 0.5, used_db=False)
+    assert profiles.get("/mostly-cached").lane == EXEMPT
+    assert profiles.saw_database("/mostly-cached") == SLOW
+    assert profiles.lanes_for(profiles.get("/mostly-cached")) == (SLOW, False)
+
+
+def test_saw_database_on_a_route_never_measured_keeps_it_fast() -> None:
+    profiles = RouteProfiles()
+    assert profiles.saw_database("/new") == FAST
+
+
+def test_cpu_threshold_is_strict() -> None:
     profiles = RouteProfiles(threshold=0.5, min_cpu_seconds=0.02)
-    profiles.add("/half", cpu_seconds=0.5, wall_seconds=1.0)
-    profiles.add("/more", cpu_seconds=0.51, wall_seconds=1.0)
-    profiles.add("/io", cpu_seconds=0.01, wall_seconds=1.0)
-    assert profiles.is_cpu_bound("/half") is False
-    assert profiles.is_cpu_bound("/more") is True
-    assert profiles.is_cpu_bound("/io") is False
+    assert profiles.add("/half", 0.5, 1.0, used_db=True) == SLOW
+    assert profiles.add("/more", 0.51, 1.0, used_db=True) == CPU
+    assert profiles.add("/io", 0.01, 1.0, used_db=True) == SLOW
 
 
-def test_custom_threshold() -> None:
-    profiles = RouteProfiles(threshold=0.2)
-    profiles.add("/r", cpu_seconds=0.3, wall_seconds=1.0)
-    assert profiles.is_cpu_bound("/r") is True
-    strict = RouteProfiles(threshold=0.9)
-    strict.add("/r", cpu_seconds=0.3, wall_seconds=1.0)
-    assert strict.is_cpu_bound("/r") is False
+def test_custom_cpu_threshold() -> None:
+    assert RouteProfiles(threshold=0.2).add("/r", 0.3, 1.0, used_db=True) == CPU
+    assert RouteProfiles(threshold=0.9).add("/r", 0.3, 1.0, used_db=True) == SLOW
 
 
 def test_short_requests_are_never_cpu_bound() -> None:
     profiles = RouteProfiles(threshold=0.5, min_cpu_seconds=0.02)
-    profiles.add("/tiny", cpu_seconds=0.019, wall_seconds=0.02)  # 95% CPU, but 19 ms
-    profiles.add("/edge", cpu_seconds=0.02, wall_seconds=0.021)
+    assert profiles.add("/tiny", 0.019, 0.02, used_db=True) == FAST  # 95 % CPU, but 19 ms
     assert profiles.routes["/tiny"].cpu_ratio > 0.9
-    assert profiles.is_cpu_bound("/tiny") is False
-    assert profiles.is_cpu_bound("/edge") is True
+    assert profiles.add("/edge", 0.02, 0.021, used_db=True) == CPU
 
 
-def test_ratio_is_capped_and_zero_wall_is_zero() -> None:
+def test_cpu_bound_route_keeps_its_database_lane_for_after_the_cpu_lane() -> None:
+    profiles = RouteProfiles(threshold=0.5, fast_seconds=0.1)
+    profiles.add("/report", 0.4, 0.5, used_db=True)
+    profile = profiles.get("/report")
+    assert (profile.lane, profile.db_lane) == (CPU, SLOW)
+    assert profiles.lanes_for(profile) == (SLOW, True)
+
+
+def test_cpu_bound_route_without_database_takes_only_the_cpu_lane() -> None:
+    profiles = RouteProfiles(threshold=0.5)
+    for _ in range(NO_DB_STREAK):
+        profiles.add("/render", 0.09, 0.1, used_db=False)
+    profile = profiles.get("/render")
+    assert (profile.lane, profile.db_lane) == (CPU, EXEMPT)
+    assert profiles.lanes_for(profile) == (EXEMPT, True)
+
+
+def test_ratio_is_capped_at_one_and_zero_wall_counts_as_no_cpu() -> None:
     profiles = RouteProfiles()
-    assert profiles.add("/over", cpu_seconds=2.0, wall_seconds=1.0).cpu_ratio == 1.0
-    assert profiles.add("/instant", cpu_seconds=0.5, wall_seconds=0.0).cpu_ratio == 0.0
-    assert profiles.is_cpu_bound("/instant") is False
+    profiles.add("/over", 2.0, 1.0, used_db=True)
+    assert profiles.routes["/over"].cpu_ratio == 1.0
+    assert profiles.add("/instant", 0.5, 0.0, used_db=True) == FAST
+    assert profiles.routes["/instant"].cpu_ratio == 0.0
 
 
-def test_profile_smoothing_keeps_class_through_one_outlier() -> None:
+def test_smoothing_keeps_the_lane_through_one_outlier() -> None:
     profiles = RouteProfiles(threshold=0.5, smoothing=0.3)
     for _ in range(5):
-        profiles.add("/cpu", cpu_seconds=0.9, wall_seconds=1.0)
-    profile = profiles.add("/cpu", cpu_seconds=0.0, wall_seconds=1.0)
+        profiles.add("/cpu", 0.9, 1.0, used_db=True)
+    assert profiles.add("/cpu", 0.0, 1.0, used_db=True) == CPU
+    profile = profiles.get("/cpu")
     assert profile.cpu_ratio == pytest.approx(0.9 * 0.7)
+    assert profile.cpu_seconds == pytest.approx(0.9 * 0.7)
     assert profile.samples == 6
-    assert profiles.is_cpu_bound("/cpu") is True
 
 
-def test_snapshot() -> None:
+def test_lane_follows_a_route_that_turns_io_bound() -> None:
+    profiles = RouteProfiles(threshold=0.5, smoothing=0.3)
+    profiles.add("/r", 0.9, 1.0, used_db=True)
+    lanes = [profiles.add("/r", 0.0, 0.05, used_db=True) for _ in range(10)]
+    assert lanes[0] == CPU
+    assert lanes[-1] == FAST
+
+
+def test_snapshot_reports_lane_measurements_and_counts() -> None:
     profiles = RouteProfiles()
-    profiles.add("/cpu", cpu_seconds=0.08, wall_seconds=0.1)
+    profile = profiles.get("/cpu")
+    profiles.should_measure(profile)
+    profiles.add("/cpu", 0.08, 0.1, used_db=True)
     assert profiles.snapshot() == {
         "/cpu": {
+            "lane": CPU,
             "cpu_ratio": 0.8,
             "cpu_ms": 80.0,
             "wall_ms": 100.0,
             "samples": 1,
-            "cpu_bound": True,
+            "requests": 1,
         }
     }
 

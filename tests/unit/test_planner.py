@@ -15,7 +15,7 @@ from gunitune.core.planner import Plan, make_plan, round_up
 def test_seed_numbers() -> None:
     plan = make_plan(cpus=32)
     assert plan.workers == 33
-    assert plan.worker_connections == 15
+    assert plan.worker_connections == 5000  # GUNITUNE_MAX_HELD: held, not run at once
     assert plan.connections_per_worker == 15
     assert plan.total_db_connections == 495
     assert plan.recommended_max_connections == 600  # 495 * 1.2 + 3 = 597 -> 600
@@ -40,6 +40,16 @@ def test_every_derived_value_has_a_reason() -> None:
         assert "\n" not in plan.reasons[key]
     assert "cgroup v2 cpu.max" in plan.reasons["workers"]
     assert "33 workers x 15" in plan.reasons["total_db_connections"]
+    assert "GUNITUNE_MAX_HELD 5000" in plan.reasons["worker_connections"]
+    assert "pool_size 5 + max_overflow 10" in plan.reasons["connections_per_worker"]
+
+
+def test_worker_connections_follow_max_held_not_the_pool() -> None:
+    plan = make_plan(cpus=2, pool_size=3, max_overflow=0, max_held=200)
+    assert plan.worker_connections == 200
+    assert plan.connections_per_worker == 3
+    assert plan.total_db_connections == 9
+    assert "GUNITUNE_MAX_HELD 200" in plan.reasons["worker_connections"]
 
 
 def test_explicit_workers() -> None:
@@ -51,17 +61,18 @@ def test_explicit_workers() -> None:
 
 def test_custom_pool() -> None:
     plan = make_plan(cpus=4, pool_size=10, max_overflow=0)
-    assert (plan.workers, plan.worker_connections, plan.total_db_connections) == (5, 10, 50)
+    assert (plan.workers, plan.connections_per_worker, plan.total_db_connections) == (5, 10, 50)
 
 
 def test_pool_size_zero_with_overflow() -> None:
-    assert make_plan(cpus=1, pool_size=0, max_overflow=3).worker_connections == 3
+    assert make_plan(cpus=1, pool_size=0, max_overflow=3).connections_per_worker == 3
 
 
 def test_unlimited_overflow() -> None:
     plan = make_plan(cpus=2, pool_size=5, max_overflow=-1)
-    assert plan.worker_connections == 15
-    assert "unlimited" in plan.reasons["worker_connections"]
+    assert plan.connections_per_worker == 15
+    assert plan.total_db_connections == 45
+    assert "unlimited" in plan.reasons["connections_per_worker"]
     assert any("max_overflow=-1" in line for line in plan.advice())
 
 
@@ -100,7 +111,7 @@ def test_somaxconn_unknown_advises_checking() -> None:
 def test_advice_names_max_connections() -> None:
     advice = make_plan(cpus=32).advice()
     assert any("set max_connections >= 600 in postgresql.conf" in line for line in advice)
-    assert any("--workers 33" in line and "--worker-connections 15" in line for line in advice)
+    assert any("--workers 33" in line and "--worker-connections 5000" in line for line in advice)
 
 
 def test_headroom_and_reserved() -> None:
@@ -127,12 +138,6 @@ def test_as_dict_is_json_and_complete() -> None:
     assert plan.reasons["workers"] != "changed"  # as_dict copies
 
 
-def test_plan_is_frozen() -> None:
-    plan = make_plan(cpus=1)
-    with pytest.raises(AttributeError):
-        plan.workers = 5  # type: ignore[misc]
-
-
 @pytest.mark.parametrize(
     ("kwargs", "key", "value", "allowed"),
     [
@@ -145,6 +150,7 @@ def test_plan_is_frozen() -> None:
         ({"max_overflow": -2}, "max_overflow", "-2", ">= -1"),
         ({"workers": 0}, "workers", "0", ">= 1"),
         ({"burst": 0}, "burst", "0", ">= 1"),
+        ({"max_held": 0}, "max_held", "0", ">= 1"),
         ({"timeout": 0}, "timeout", "0", ">= 1"),
         ({"somaxconn": -1}, "somaxconn", "-1", ">= 0"),
         ({"reserved_connections": -3}, "reserved_connections", "-3", ">= 0"),

@@ -19,12 +19,12 @@ DEFAULTS: dict[str, Any] = {
     "budget_check": "error",
     "green_check": "error",
     "queue_timeout": None,
-    "overcommit": 0,
+    "max_held": 5000,
+    "fast_seconds": 0.1,
+    "fast_share": 0.3,
     "retry_after": None,
     "cpu_concurrency": 1,
     "cpu_bound_ratio": 0.5,
-    "cpu_budget": None,
-    "adaptive": True,
     "block_threshold": 0.5,
     "pressure_interval": 1.0,
     "stats_path": "",
@@ -75,17 +75,19 @@ def test_class_access_returns_the_declaration() -> None:
         ("GUNITUNE_POOL_TIMEOUT", "2.5", 2.5),
         ("GUNITUNE_POOL_TIMEOUT", "3", 3.0),
         ("GUNITUNE_QUEUE_TIMEOUT", "0.25", 0.25),
-        ("GUNITUNE_QUEUE_TIMEOUT", "Auto", None),
+        ("GUNITUNE_QUEUE_TIMEOUT", "off", None),
+        ("GUNITUNE_QUEUE_TIMEOUT", " OFF ", None),
+        ("GUNITUNE_QUEUE_TIMEOUT", "none", None),
+        ("GUNITUNE_QUEUE_TIMEOUT", "", None),
+        ("GUNITUNE_MAX_HELD", "200", 200),
+        ("GUNITUNE_MAX_HELD", "1", 1),
+        ("GUNITUNE_FAST_SECONDS", "1e-1", 0.1),
+        ("GUNITUNE_FAST_SECONDS", "2", 2.0),
+        ("GUNITUNE_FAST_SHARE", "0.5", 0.5),
+        ("GUNITUNE_FAST_SHARE", " 0.05 ", 0.05),
         ("GUNITUNE_RETRY_AFTER", "5", 5),
-        ("GUNITUNE_CPU_BUDGET", "1e-1", 0.1),
         ("GUNITUNE_BUDGET_CHECK", "WARN", "warn"),
         ("GUNITUNE_GREEN_CHECK", " off ", "off"),
-        ("GUNITUNE_ADAPTIVE", "no", False),
-        ("GUNITUNE_ADAPTIVE", "OFF", False),
-        ("GUNITUNE_ADAPTIVE", "0", False),
-        ("GUNITUNE_ADAPTIVE", "Yes", True),
-        ("GUNITUNE_ADAPTIVE", "on", True),
-        ("GUNITUNE_ADAPTIVE", "1", True),
         ("GUNITUNE_STATS_PATH", " /_gunitune ", "/_gunitune"),
         ("GUNITUNE_STATS_PATH", "", ""),
         ("GUNITUNE_STATS_TOKEN", "s3cret token", "s3cret token"),
@@ -105,9 +107,10 @@ def test_parse_from_strings(key: str, raw: str, expected: Any) -> None:
         ("GUNITUNE_WORKERS", 3, 3),
         ("GUNITUNE_POOL_TIMEOUT", 4, 4.0),
         ("GUNITUNE_POOL_TIMEOUT", 0.5, 0.5),
-        ("GUNITUNE_ADAPTIVE", False, False),
-        ("GUNITUNE_ADAPTIVE", True, True),
-        ("GUNITUNE_ADAPTIVE", 0, False),
+        ("GUNITUNE_QUEUE_TIMEOUT", 3, 3.0),
+        ("GUNITUNE_MAX_HELD", 10, 10),
+        ("GUNITUNE_FAST_SHARE", 0.25, 0.25),
+        ("GUNITUNE_FAST_SECONDS", 1, 1.0),
         ("GUNITUNE_CPU_BOUND_RATIO", 0.75, 0.75),
     ],
 )
@@ -128,6 +131,7 @@ INT_GE_0 = "an integer >= 0"
 INT_GE_1 = "an integer >= 1"
 NUM_GT_0 = "a number > 0"
 CHECKS = "one of error, warn, off"
+FRACTION = "a number between 0 and 1 (exclusive)"
 
 
 @pytest.mark.parametrize(
@@ -151,14 +155,20 @@ CHECKS = "one of error, warn, off"
         ("GUNITUNE_TIMEOUT", "30s", INT_GE_1),
         ("GUNITUNE_BUDGET_CHECK", "fatal", CHECKS),
         ("GUNITUNE_GREEN_CHECK", "", CHECKS),
-        ("GUNITUNE_QUEUE_TIMEOUT", "-0.5", NUM_GT_0 + ", or 'auto'"),
-        ("GUNITUNE_OVERCOMMIT", "-1", INT_GE_0),
+        ("GUNITUNE_QUEUE_TIMEOUT", "-0.5", NUM_GT_0 + ", or 'off'"),
+        ("GUNITUNE_QUEUE_TIMEOUT", "0", NUM_GT_0 + ", or 'off'"),
+        ("GUNITUNE_QUEUE_TIMEOUT", "auto", NUM_GT_0 + ", or 'off'"),  # no longer a value
+        ("GUNITUNE_MAX_HELD", "0", INT_GE_1),
+        ("GUNITUNE_MAX_HELD", "lots", INT_GE_1),
+        ("GUNITUNE_FAST_SECONDS", "0", NUM_GT_0),
+        ("GUNITUNE_FAST_SECONDS", "off", NUM_GT_0),
+        ("GUNITUNE_FAST_SHARE", "0", FRACTION),
+        ("GUNITUNE_FAST_SHARE", "1", FRACTION),
+        ("GUNITUNE_FAST_SHARE", 1.5, FRACTION),
+        ("GUNITUNE_FAST_SHARE", True, FRACTION),
         ("GUNITUNE_RETRY_AFTER", "0", INT_GE_1 + ", or 'auto'"),
         ("GUNITUNE_CPU_CONCURRENCY", "0", INT_GE_1),
         ("GUNITUNE_CPU_BOUND_RATIO", "0", NUM_GT_0),
-        ("GUNITUNE_CPU_BUDGET", "lots", NUM_GT_0 + ", or 'auto'"),
-        ("GUNITUNE_ADAPTIVE", "maybe", "true or false (1/0, yes/no, on/off)"),
-        ("GUNITUNE_ADAPTIVE", 2, "true or false (1/0, yes/no, on/off)"),
         ("GUNITUNE_BLOCK_THRESHOLD", "0", NUM_GT_0),
         ("GUNITUNE_PRESSURE_INTERVAL", "-1", NUM_GT_0),
         ("GUNITUNE_STATS_PATH", "stats", "a URL path starting with '/', or empty (off)"),
@@ -198,6 +208,14 @@ def test_unknown_key_without_close_match_points_to_the_list() -> None:
         ConfigError, match=r"GUNITUNE_ZZZZZZZZZZZZZZZZZZZZZZZZ is not a gunitune setting: run"
     ):
         Settings.from_sources({"GUNITUNE_ZZZZZZZZZZZZZZZZZZZZZZZZ": "1"})
+
+
+@pytest.mark.parametrize(
+    "removed", ["GUNITUNE_OVERCOMMIT", "GUNITUNE_CPU_BUDGET", "GUNITUNE_ADAPTIVE"]
+)
+def test_settings_removed_with_the_lanes_are_rejected_not_ignored(removed: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{removed} is not a gunitune setting"):
+        Settings.from_sources({removed: "1"})
 
 
 def test_unknown_key_in_any_source_is_rejected() -> None:
@@ -248,16 +266,19 @@ def test_render_markdown_defaults() -> None:
     assert "| `5` |" in rows["GUNITUNE_POOL_SIZE"]
     assert "| `'error'` |" in rows["GUNITUNE_BUDGET_CHECK"]
     assert "| `(empty)` |" in rows["GUNITUNE_STATS_PATH"]
-    assert "| `True` |" in rows["GUNITUNE_ADAPTIVE"]
+    assert "| `off` |" in rows["GUNITUNE_QUEUE_TIMEOUT"]
+    assert "| `auto` |" in rows["GUNITUNE_RETRY_AFTER"]
+    assert "| `5000` |" in rows["GUNITUNE_MAX_HELD"]
+    assert "| `0.3` |" in rows["GUNITUNE_FAST_SHARE"]
 
 
 def test_replace_returns_a_validated_copy() -> None:
     original = Settings.from_sources({"GUNITUNE_POOL_SIZE": "7"})
-    changed = original.replace(pool_size="8", adaptive="off", workers=None)
-    assert (changed.pool_size, changed.adaptive, changed.workers) == (8, False, None)
+    changed = original.replace(pool_size="8", queue_timeout="2", workers=None)
+    assert (changed.pool_size, changed.queue_timeout, changed.workers) == (8, 2.0, None)
     assert changed.burst == original.burst
     assert original.pool_size == 7
-    assert original.adaptive is True
+    assert original.queue_timeout is None
     assert changed is not original
 
 

@@ -1,0 +1,134 @@
+"""GuniTuneWorker's own parts: held-request accounting per request, and the drain on stop.
+
+The worker is built without Gunicorn's arbiter (``__new__`` plus the attributes
+these methods read); Gunicorn's request handling is replaced by a recorder.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+from gunicorn.workers import ggevent
+
+from gunitune._board import LoadBoard, Seat
+from gunitune._gate import GatedPool, HeldGate
+from gunitune.core.lanes import FAST
+from gunitune.limiter import Limiter, Rejected
+from gunitune.worker import GuniTuneWorker
+from tests.unit.helpers import resolved
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def worker(graceful_timeout: float = 0.0, heartbeat: Counter | None = None) -> GuniTuneWorker:
+    """A worker past boot: limiter, seat on a board, gate; as ``load_wsgi`` and ``run`` leave it."""
+    made = GuniTuneWorker.__new__(GuniTuneWorker)
+    made._alive = True
+    made.pid = os.getpid()
+    made.cfg = SimpleNamespace(graceful_timeout=graceful_timeout)
+    made.limiter = Limiter(
+        resolved(1), heartbeat=heartbeat, event_factory=Event, yield_to_loop=lambda: None
+    )
+    made.board = LoadBoard(seats=4)
+    made.seat = made.board.take_seat(made.pid)
+    made.seat.set_open(True)
+    made.gate = HeldGate(max_held=10, seat=made.seat)
+    return made
+
+
+def other_seat(board: LoadBoard) -> Seat:
+    seat = board.take_seat(os.getppid())
+    seat.set_open(True)
+    return seat
+
+
+def test_a_request_counts_as_held_only_while_it_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    beats = Counter()
+    served = worker(heartbeat=beats)
+    gate = served.gate
+    assert gate is not None
+    pool = GatedPool(gate)
+    release = Event()
+    connection = pool.spawn(release.wait)  # one keep-alive connection
+    seen: list[int] = []
+
+    def serve(self: Any, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        seen.append(gate.held())
+        return True  # keep-alive
+
+    monkeypatch.setattr(ggevent.GeventWorker, "handle_request", serve)
+    observer = other_seat(served.board)
+    assert served.handle_request("l", None, connection, None) is True
+    assert seen == [1]
+    assert gate.held() == 0  # between two requests it holds nothing
+    assert observer.others() == [0]
+    assert beats.calls == 1  # finishing a request is progress
+    release.set()
+
+
+def test_stop_closes_the_seat_at_once_and_refuses_queued_requests_later() -> None:
+    draining = worker(graceful_timeout=0.0)
+    limiter = draining.limiter
+    assert limiter is not None
+    holder = limiter.acquire(FAST)
+    waiter = gevent.spawn(limiter.acquire, FAST)
+    gevent.sleep(0)
+    assert limiter.waiting() == 1
+    observer = other_seat(draining.board)
+    assert observer.others() == [0]
+    draining.alive = False  # SIGTERM, reload or max_requests
+    assert observer.others() == []  # no longer takes part in accepting
+    waiter.join(timeout=5)
+    assert isinstance(waiter.exception, Rejected)
+    assert waiter.exception.reason == "the worker is shutting down"
+    limiter.release(holder)
+    assert limiter.db.used == 0
+
+
+def test_queued_requests_keep_waiting_for_half_the_graceful_timeout() -> None:
+    draining = worker(graceful_timeout=60.0)
+    limiter = draining.limiter
+    assert limiter is not None
+    holder = limiter.acquire(FAST)
+    waiter = gevent.spawn(limiter.acquire, FAST)
+    gevent.sleep(0)
+    draining.alive = False
+    gevent.sleep(0.01)
+    assert not waiter.dead  # served if a slot frees within the first half
+    limiter.release(holder)
+    waiter.join(timeout=5)
+    assert waiter.successful()
+    assert limiter.refusing is False
+
+
+def test_setting_alive_again_does_not_drain() -> None:
+    running = worker()
+    running.alive = True
+    assert running.limiter is not None and running.limiter.refusing is False
+
+
+def test_stop_before_the_limiter_exists_only_closes_the_seat() -> None:
+    booting = GuniTuneWorker.__new__(GuniTuneWorker)
+    booting._alive = True
+    booting.limiter = None
+    booting.gate = None
+    board = LoadBoard(seats=4)
+    booting.seat = board.take_seat(os.getpid())
+    booting.seat.set_open(True)
+    observer = other_seat(board)
+    assert observer.others() == [0]
+    booting.alive = False
+    assert observer.others() == []
