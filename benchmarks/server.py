@@ -279,6 +279,12 @@ class GunicornProcess:
         """Number of occurrences of the plain substring ``pattern`` in the log."""
         return self.log_text().count(pattern)
 
+    def send_signal(self, name: str) -> None:
+        """Send the master a signal by name (``"HUP"``, ``"TERM"``...), e.g. a reload."""
+        if self._proc is None:
+            raise RuntimeError("GunicornProcess not started")
+        self._proc.send_signal(getattr(signal, f"SIG{name}"))
+
     def is_running(self) -> bool:
         """True while the master process has not exited."""
         return self._proc is not None and self._proc.poll() is None

@@ -1,4 +1,4 @@
-"""Review: a database outage while a worker recycles must not stop the whole server.
+"""A database outage while a worker recycles must not stop the whole server.
 
 Gunicorn halts the arbiter when a worker exits with code 3 (boot error). The
 driver check at worker start connects to PostgreSQL; when the database is
