@@ -93,10 +93,12 @@ class Seat:
         self._base = index * _FIELDS
 
     def publish(self, held: int) -> None:
-        """Write how many requests this worker holds now."""
-        cells = self.board.cells
-        cells[self._base + _HELD] = held
-        cells[self._base + _STAMP] = _now_ms()
+        """Write how many requests this worker holds now (a hot path: no clock)."""
+        self.board.cells[self._base + _HELD] = held
+
+    def stamp(self) -> None:
+        """Say this worker is alive (its run loop, once a second)."""
+        self.board.cells[self._base + _STAMP] = _now_ms()
 
     def set_open(self, accepting: bool) -> None:
         """Whether this worker takes part in accepting (False while it boots or drains)."""

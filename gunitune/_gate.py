@@ -98,7 +98,9 @@ class HeldGate:
     def busy(self, connection: Any) -> None:
         """A request arrived on ``connection``."""
         self._idle.discard(connection)
-        self.publish()
+        if self.seat is not None:
+            # Holding more never opens the gate: no accept loop to wake.
+            self.seat.publish(self.held())
 
     def idle(self, connection: Any) -> None:
         """``connection`` finished a request and waits for the next one (keep-alive)."""

@@ -168,7 +168,7 @@ class RequestCycle:
             _current.set(None)
             return
         profile = known.profile
-        measured = self.profiles.should_measure(profile)
+        measured = self.profiles.should_measure(profile, self.clock())
         if not (measured or known.mode) and profile.lane == EXEMPT:
             # The hot path of a route that needs nothing: no slot, no measurement.
             # The checkout listener still sees it, should it touch the database.

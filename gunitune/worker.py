@@ -202,6 +202,8 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
     def notify(self) -> None:
         """The run loop's heartbeat, once a second: also keep this worker's seat fresh."""
         super().notify()
+        if self.seat is not None:
+            self.seat.stamp()
         if self.gate is not None:
             self.gate.publish()
 

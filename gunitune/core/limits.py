@@ -27,10 +27,11 @@ __all__ = ["RouteProfile", "RouteProfiles", "retry_after_seconds"]
 # Consecutive requests without a database checkout before a route counts as one
 # that needs no slot: one request may skip the database by chance (a cache hit).
 NO_DB_STREAK = 3
-# Every request of a route is measured until this many samples, then one in
-# SAMPLE_EVERY: the switch tracer is the costliest part of the hot path.
+# Every request of a route is measured until this many samples, then at most
+# one per SAMPLE_INTERVAL seconds: the switch tracer is the costliest part of
+# the hot path, and a busy route needs no more than ten samples a second.
 WARMUP_SAMPLES = 8
-SAMPLE_EVERY = 8
+SAMPLE_INTERVAL = 0.1
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RouteProfile:
     samples: int = 0
     seen: int = 0
     no_db_streak: int = 0
+    measured_at: float = float("-inf")
     lane: str = FAST  # where its requests go: exempt, fast, slow or cpu
     db_lane: str = FAST  # the database lane it needs (exempt: none), after the CPU lane if any
 
@@ -81,10 +83,14 @@ class RouteProfiles:
             profile = self.routes[route] = RouteProfile()
         return profile
 
-    def should_measure(self, profile: RouteProfile) -> bool:
-        """Measure this request? Always while warming up, then one in ``SAMPLE_EVERY``."""
+    def should_measure(self, profile: RouteProfile, now: float) -> bool:
+        """Measure this request (at ``now``)? Always while warming up, then every
+        ``SAMPLE_INTERVAL`` seconds."""
         profile.seen += 1
-        return profile.samples < WARMUP_SAMPLES or profile.seen % SAMPLE_EVERY == 0
+        if profile.samples >= WARMUP_SAMPLES and now - profile.measured_at < SAMPLE_INTERVAL:
+            return False
+        profile.measured_at = now
+        return True
 
     def lanes_for(self, profile: RouteProfile) -> tuple[str, bool]:
         """(database lane, through the CPU lane?) for the next request of a route.

@@ -7,7 +7,7 @@ import pytest
 from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 from gunitune.core.limits import (
     NO_DB_STREAK,
-    SAMPLE_EVERY,
+    SAMPLE_INTERVAL,
     WARMUP_SAMPLES,
     RouteProfiles,
     retry_after_seconds,
@@ -24,23 +24,24 @@ def test_unknown_route_gets_a_fresh_fast_profile() -> None:
     assert profiles.get("/never-seen") is profile
 
 
-def test_every_request_is_measured_while_warming_up_then_one_in_sample_every() -> None:
+def test_every_request_is_measured_while_warming_up_then_one_per_interval() -> None:
     profiles = RouteProfiles()
     profile = profiles.get("/r")
     for _ in range(WARMUP_SAMPLES):
-        assert profiles.should_measure(profile) is True
+        assert profiles.should_measure(profile, 0.0) is True
         profiles.add("/r", 0.001, 0.01, used_db=True)
-    later = [profiles.should_measure(profile) for _ in range(4 * SAMPLE_EVERY)]
-    assert later.count(True) == 4
-    assert all(later[i] for i in range(len(later)) if (WARMUP_SAMPLES + i + 1) % SAMPLE_EVERY == 0)
-    assert profile.seen == WARMUP_SAMPLES + 4 * SAMPLE_EVERY
+    # 100 requests a second for 2 s: one measured per interval.
+    later = [profiles.should_measure(profile, i / 100) for i in range(1, 201)]
+    # About ten a second (a sample falls due between two requests, not on one).
+    assert 2 / SAMPLE_INTERVAL - 2 <= later.count(True) <= 2 / SAMPLE_INTERVAL, later.count(True)
+    assert profile.seen == WARMUP_SAMPLES + 200
 
 
 def test_requests_not_measured_yet_keep_being_measured_past_the_warmup_count() -> None:
     profiles = RouteProfiles()
     profile = profiles.get("/r")
     # Many requests arrive before any finishes: all of them are measured.
-    assert all(profiles.should_measure(profile) for _ in range(3 * WARMUP_SAMPLES))
+    assert all(profiles.should_measure(profile, 0.0) for _ in range(3 * WARMUP_SAMPLES))
 
 
 # --- RouteProfiles: lanes of a new route -----------------------------------------
@@ -49,12 +50,12 @@ def test_requests_not_measured_yet_keep_being_measured_past_the_warmup_count() -
 def test_first_request_of_a_new_route_is_fast_and_later_ones_slow_until_measured() -> None:
     profiles = RouteProfiles()
     profile = profiles.get("/new")
-    profiles.should_measure(profile)
+    profiles.should_measure(profile, 0.0)
     assert profiles.lanes_for(profile) == (FAST, False)
-    profiles.should_measure(profile)  # arrives while the first one still runs
+    profiles.should_measure(profile, 0.0)  # arrives while the first one still runs
     assert profiles.lanes_for(profile) == (SLOW, False)
     profiles.add("/new", 0.001, 0.01, used_db=True)  # the first one finished: fast
-    profiles.should_measure(profile)
+    profiles.should_measure(profile, 0.0)
     assert profiles.lanes_for(profile) == (FAST, False)
 
 
@@ -171,7 +172,7 @@ def test_lane_follows_a_route_that_turns_io_bound() -> None:
 def test_snapshot_reports_lane_measurements_and_counts() -> None:
     profiles = RouteProfiles()
     profile = profiles.get("/cpu")
-    profiles.should_measure(profile)
+    profiles.should_measure(profile, 0.0)
     profiles.add("/cpu", 0.08, 0.1, used_db=True)
     assert profiles.snapshot() == {
         "/cpu": {
