@@ -64,11 +64,12 @@ class HeldGate:
         self.listeners = list(listeners)
         self.pools: list[GatedPool] = []
         self._idle: set[Any] = set()  # keep-alive connections between two requests
+        self.waiting_for_room = False  # an accept loop stopped and waits for the gate
         self._rechecking = False
 
     def connections(self) -> int:
         """Connections held, idle keep-alive ones included."""
-        return sum(len(pool) for pool in self.pools)
+        return sum(map(len, self.pools))
 
     def held(self) -> int:
         """Requests held: connections minus the idle keep-alive ones."""
@@ -96,11 +97,13 @@ class HeldGate:
         return waiting, size
 
     def busy(self, connection: Any) -> None:
-        """A request arrived on ``connection``."""
+        """A request arrived on ``connection``.
+
+        Not published: the board is written when connections arrive and when
+        requests end, which is what moves work between workers; one write less
+        per request on the hot path of keep-alive clients.
+        """
         self._idle.discard(connection)
-        if self.seat is not None:
-            # Holding more never opens the gate: no accept loop to wake.
-            self.seat.publish(self.held())
 
     def idle(self, connection: Any) -> None:
         """``connection`` finished a request and waits for the next one (keep-alive)."""
@@ -115,12 +118,14 @@ class HeldGate:
         """Write the held count on the board, and resume accepting if there is room now."""
         if self.seat is not None:
             self.seat.publish(self.held())
-        self.notify()
+        if self.waiting_for_room:
+            self.notify()
 
     def notify(self) -> None:
         """Resume every accept loop waiting for room, if there is room."""
         for pool in self.pools:
             pool.semaphore.notify_if_open()
+        self.waiting_for_room = any(pool.semaphore.has_links() for pool in self.pools)
 
     def recheck_while_shut(self) -> None:
         """Look at the board again shortly, until the gate opens (one greenlet per gate)."""
@@ -177,6 +182,7 @@ class _GateSemaphore:
     def rawlink(self, callback: Callable[[Any], None]) -> None:
         if callback not in self._links:
             self._links.append(callback)
+        self._gate.waiting_for_room = True
         if not self.notify_if_open():
             self._gate.recheck_while_shut()
 
@@ -234,3 +240,10 @@ class GatedPool(Pool):  # type: ignore[misc]  # gevent is untyped
     def full(self) -> bool:
         """True when the worker should not accept now."""
         return self.gate.full()
+
+    def add(self, greenlet: Any, blocking: bool = True, timeout: float | None = None) -> None:
+        """Hold a new connection; the other workers see it at once."""
+        super().add(greenlet, blocking, timeout)
+        seat = self.gate.seat
+        if seat is not None:
+            seat.publish(self.gate.held())

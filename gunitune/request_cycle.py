@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Flask, request
+from flask import Flask, Response, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -42,7 +43,6 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
-_SHED_KEY = "gunitune.retry_after"
 # Loop-block reports: at most one event per route in this many seconds.
 _BLOCK_REPORT_INTERVAL = 10.0
 # Decorator modes: lanes forced by the app, plus "io" (any lane but the CPU lane).
@@ -224,7 +224,9 @@ class RequestCycle:
                 self.telemetry.record_shed()
                 self.telemetry.observe(limiter.waiting())
                 retry_after = self._retry_after(state.profile, limiter)
-                environ[_SHED_KEY] = retry_after
+                # Runs for this response only, after the app's own 503 handler
+                # (if any) rendered it: the client still learns when to come back.
+                after_this_request(partial(_keep_retry_after, retry_after))
                 raise Overloaded(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
                 from werkzeug.exceptions import ClientDisconnected
@@ -232,23 +234,13 @@ class RequestCycle:
                 raise ClientDisconnected() from None
 
     def wsgi_wrapper(self, wsgi_app: WSGIApplication) -> WSGIApplication:
-        """Wrap ``app.wsgi_app``: release slots when the response closes, keep Retry-After."""
+        """Wrap ``app.wsgi_app`` so the slots are released when the response is closed."""
 
         def release_on_close(
             environ: WSGIEnvironment, start_response: StartResponse
         ) -> Iterable[bytes]:
-            def keep_retry_after(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
-                # A shed request rendered by the app's own 503 handler still
-                # tells the client when to come back.
-                retry_after = environ.get(_SHED_KEY)
-                if retry_after is not None and not any(
-                    name.lower() == "retry-after" for name, _ in headers
-                ):
-                    headers.append(("Retry-After", str(retry_after)))
-                return start_response(status, headers, *exc)
-
             try:
-                body = wsgi_app(environ, keep_retry_after)
+                body = wsgi_app(environ, start_response)
             except BaseException:
                 self.finish(environ)
                 raise
@@ -348,6 +340,12 @@ class RequestCycle:
             "routes": self.profiles.snapshot(),
             "pool": self.telemetry.stats(),
         }
+
+
+def _keep_retry_after(seconds: int, response: Response) -> Response:
+    if "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 def _decide(mode: str | None, learned: tuple[str, bool]) -> tuple[str, bool]:
