@@ -23,7 +23,7 @@ from benchmarks import lane_figures as lf
 from benchmarks import storm_figures as sf
 from benchmarks.configs import BenchSettings, Scenario
 from benchmarks.loadclient import RequestResult, request_once
-from benchmarks.probes import Progress, ServerProbe, cpu_samples
+from benchmarks.probes import Progress, ServerProbe, cpu_samples, listen_overflows
 from benchmarks.runner import HOST, Measure, server_figures
 from benchmarks.server import GunicornProcess
 from benchmarks.worker_probe import WorkerSampler
@@ -127,10 +127,16 @@ def measure_burst(
     server: GunicornProcess, label: str, scen: Scenario, s: BenchSettings, url: str,
     deadline: float, cores: int, cpu_seconds: float | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """``burst``: valid, failures by kind, connect times, memory per worker."""
+    """``burst``: valid, failures by kind, connect times, memory per worker, and how
+    many connections the kernel refused because a listen queue was full."""
+    before = listen_overflows()
     run, _storm, _probes, _pids = _run_load(
         server, label, scen, s, url, deadline, cores, cpu_seconds
     )
+    after = listen_overflows()
+    if before is not None and after is not None:
+        # Machine-wide counters: nothing else listens here during a run.
+        run["listen_overflows"] = {key: after[key] - before[key] for key in after}
     return run
 
 

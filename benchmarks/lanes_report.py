@@ -22,6 +22,7 @@ MIXED_HEADER = (
 BURST_HEADER = (
     "| config | requests | valid 200 | resets | other failures | connect p50 | connect p99"
     " | connect max | never connected | latency p99 | peak accept queue"
+    " | listen queue overflows"
     " | peak RSS per worker | RSS per held connection |"
 )
 MIB = 1024 * 1024
@@ -66,6 +67,7 @@ def _burst_row(run: dict[str, Any]) -> list[str]:
         fmt_seconds(f.get("connect_p50")), fmt_seconds(f.get("connect_p99")),
         fmt_seconds(f.get("connect_max")), str(f.get("never_connected", "-")),
         fmt_seconds(f["p99"]), str(server.get("peak_accept_queue", "-")),
+        str(run.get("listen_overflows", {}).get("ListenOverflows", "-")),
         _mib([w["peak_rss"] for w in workers]),
         ", ".join(f"{c / 1024:.0f}" for c in costs) + " KiB" if costs else "-",
     ]  # fmt: skip

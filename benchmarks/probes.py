@@ -65,6 +65,25 @@ def accept_queue(port: int) -> int | None:
     return _accept_queue_proc(port)
 
 
+def listen_overflows() -> dict[str, int] | None:
+    """The kernel's counts of connections its full listen queues refused (all sockets).
+
+    ``ListenOverflows``: a connection found the accept queue full; ``ListenDrops``:
+    a SYN dropped for that or another reason. Each one costs its client a
+    retransmission (1 s, then 3 s...) or, in the end, a reset. None off Linux.
+    """
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return {key: int(table.get(key, 0)) for key in ("ListenOverflows", "ListenDrops")}
+    return None
+
+
 class ServerProbe:
     """Peak DB connections of the app's database and peak accept queue during a run."""
 

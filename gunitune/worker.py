@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import gevent
 import structlog
+from gevent import getcurrent
 from gunicorn.workers import base, ggevent
 
 from gunitune import engines as engine_facts
@@ -62,6 +63,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         self.limiter: Limiter | None = None
         self.gate: HeldGate | None = None
         self.seat: Seat | None = None
+        self._first_read: set[Any] = set()  # connection greenlets before their first request
         self._alive = True
         super().__init__(*args, **kwargs)
         # The arbiter builds its workers in the master, before fork: the board
@@ -180,14 +182,31 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         """Serve one connection; it stops counting as idle keep-alive when it ends."""
+        first_read = self._first_read
+        first_read.add(getcurrent())
         try:
             super().handle(listener, client, addr)
         finally:
+            first_read.discard(getcurrent())
             if self.gate is not None:
                 self.gate.closed(client)
 
+    def timeout_ctx(self) -> Any:
+        """How long to wait for a request: the keep-alive time between two requests,
+        the worker timeout for a connection's first one.
+
+        Gunicorn waits ``keepalive`` (2 s) for every request, the first one
+        included. A worker that holds a storm accepts connections as fast as
+        they come, sooner than a busy client sends on each of them; closing
+        those after 2 s would turn a held storm into resets.
+        """
+        if getcurrent() in self._first_read:
+            return gevent.Timeout(self.cfg.timeout, False)
+        return gevent.Timeout(self.cfg.keepalive, False)
+
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         """Serve one request; between requests a keep-alive connection holds nothing."""
+        self._first_read.discard(getcurrent())
         gate = self.gate
         if gate is not None:
             gate.busy(sock)

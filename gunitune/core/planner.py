@@ -15,7 +15,7 @@ The rules, each explained in :attr:`Plan.reasons`:
   old and new workers overlap), plus the reserved slots, rounded up to a
   multiple of 50 so the figure reads as a deliberate setting. 32 CPUs with
   5+10 gives 33 * 15 = 495 -> 495 * 1.2 + 3 = 597 -> 600.
-* ``backlog = max(2048, burst)``: the listen queue must hold the declared burst
+* ``backlog = max(2048, burst, somaxconn)``: the listen queue must hold the declared burst
   of concurrent connections; 2048 is Gunicorn's default and never lowered.
   The kernel silently clips it to ``net.core.somaxconn``.
 """
@@ -256,6 +256,15 @@ def make_plan(
         if burst >= DEFAULT_BACKLOG
         else f"burst {burst} fits in Gunicorn's default of {DEFAULT_BACKLOG}"
     )
+    if somaxconn is not None and somaxconn > backlog:
+        # A deeper queue costs nothing until used, and absorbs what arrives
+        # faster than the workers accept (they hold the rest in user space).
+        reasons["backlog"] = (
+            f"net.core.somaxconn {somaxconn}, the deepest queue the kernel allows here"
+            f" (>= the declared burst of {burst}): a SYN flood faster than the workers"
+            f" accept waits there instead of being dropped"
+        )
+        backlog = somaxconn
     if somaxconn is None:
         reasons["somaxconn"] = "unknown here: check it on the server"
     elif clipped:

@@ -141,12 +141,13 @@ def test_load_returns_derived_for_good_settings(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_with_workers_replans() -> None:
-    derived = derive({"GUNITUNE_BURST": "4000", "GUNITUNE_MAX_HELD": "900"}, FOUR)
+    # A burst above any usual somaxconn: the backlog is the burst, whatever this machine has.
+    derived = derive({"GUNITUNE_BURST": "70000", "GUNITUNE_MAX_HELD": "900"}, FOUR)
     replanned = with_workers(derived, 9)
     assert replanned.plan.workers == 9
     assert replanned.plan.total_db_connections == 9 * 15
     assert replanned.plan.worker_connections == derived.plan.worker_connections == 900
-    assert replanned.plan.backlog == derived.plan.backlog == 4000
+    assert replanned.plan.backlog == derived.plan.backlog == 70000
     assert replanned.plan.cpus == 4
     assert replanned.plan.recommended_max_connections > derived.plan.recommended_max_connections
     assert "given explicitly" in replanned.plan.reasons["workers"]

@@ -99,6 +99,13 @@ def test_somaxconn_large_enough() -> None:
     assert not any("sysctl" in line for line in plan.advice())
 
 
+def test_backlog_takes_the_deepest_queue_the_kernel_allows() -> None:
+    plan = make_plan(cpus=2, burst=3000, somaxconn=4096)
+    assert plan.backlog == 4096
+    assert "somaxconn 4096" in plan.reasons["backlog"]
+    assert make_plan(cpus=2, burst=10000, somaxconn=4096).backlog == 10000  # clipped, said so
+
+
 def test_somaxconn_equal_to_backlog_is_not_clipped() -> None:
     assert make_plan(cpus=1, somaxconn=3000).backlog_clipped is False
 

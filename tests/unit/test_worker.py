@@ -35,8 +35,9 @@ def worker(graceful_timeout: float = 0.0, heartbeat: Counter | None = None) -> G
     """A worker past boot: limiter, seat on a board, gate; as ``load_wsgi`` and ``run`` leave it."""
     made = GuniTuneWorker.__new__(GuniTuneWorker)
     made._alive = True
+    made._first_read = set()
     made.pid = os.getpid()
-    made.cfg = SimpleNamespace(graceful_timeout=graceful_timeout)
+    made.cfg = SimpleNamespace(graceful_timeout=graceful_timeout, timeout=30, keepalive=2)
     made.limiter = Limiter(
         resolved(1), heartbeat=heartbeat, event_factory=Event, yield_to_loop=lambda: None
     )
@@ -77,6 +78,26 @@ def test_a_request_counts_as_held_only_while_it_is_served(
     assert observer.others() == [0]
     assert beats.calls == 1  # finishing a request is progress
     release.set()
+
+
+def test_a_new_connection_waits_the_worker_timeout_for_its_first_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served = worker()
+    waits: list[float] = []
+
+    def connection(self: Any, listener: Any, client: Any, addr: Any) -> None:
+        # Gunicorn's keep-alive loop: a timeout per request read.
+        waits.append(served.timeout_ctx().seconds)
+        served.handle_request("l", None, client, None)
+        waits.append(served.timeout_ctx().seconds)
+
+    monkeypatch.setattr(ggevent.GeventWorker, "handle", connection)
+    monkeypatch.setattr(ggevent.GeventWorker, "handle_request", lambda *args: True)
+    served.handle(None, object(), None)
+    # A held storm's clients may send late; between requests, keep-alive as usual.
+    assert waits == [30, 2]
+    assert served._first_read == set()  # nothing left behind by the connection
 
 
 def test_stop_closes_the_seat_at_once_and_refuses_queued_requests_later() -> None:
