@@ -22,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gunitune.core.lanes import CPU, DB_LANES, LANES, LaneScheduler, Waiter, db_shares
+from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
 from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
+
+# Longest a CPU-bound request lets fast database requests in flight finish first.
+_FAST_FIRST_SECONDS = 0.05
 
 
 class Rejected(Exception):
@@ -115,6 +118,7 @@ class Limiter:
         self._beat_every = max(0.05, min(1.0, resolved.heartbeat_timeout / 10))
         self._last_beat = float("-inf")
         self.refusing = False
+        self.fast_in_flight = 0  # fast-lane requests running that are not CPU-bound
         self.counts: dict[str, dict[str, int]] = {
             lane: {"admitted": 0, "rejected": 0, "client_gone": 0} for lane in LANES
         }
@@ -140,6 +144,12 @@ class Limiter:
             try:
                 self.progress()
                 self._yield()
+                # Fast database work in flight goes first: each of its round
+                # trips would otherwise wait for a whole CPU-bound request.
+                # Bounded, so a steady stream of fast requests cannot starve it.
+                until = self._clock() + _FAST_FIRST_SECONDS
+                while self.fast_in_flight and self._clock() < until:
+                    self._yield()
             except BaseException:
                 self._give_back(self.cpu, CPU)
                 raise
@@ -151,10 +161,14 @@ class Limiter:
                     self._give_back(self.cpu, CPU)
                 raise
         self.counts[CPU if cpu else lane]["admitted"] += 1
+        if lane == FAST and not cpu:
+            self.fast_in_flight += 1
         return Ticket(lane=lane, db=db, cpu=cpu, waited=self._clock() - start)
 
     def release(self, ticket: Ticket) -> None:
         """Give the slots of ``ticket`` back, each to the next waiter chosen for it."""
+        if ticket.lane == FAST and not ticket.cpu:
+            self.fast_in_flight -= 1
         try:
             if ticket.db:
                 self._give_back(self.db, ticket.lane)

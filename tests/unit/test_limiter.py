@@ -90,6 +90,11 @@ def scripted(
     capacity: int = 1, config: dict[str, Any] | None = None, **kwargs: Any
 ) -> tuple[Limiter, Script]:
     script = Script(FakeClock())
+
+    def one_loop_turn() -> None:
+        script.clock.now += 0.001
+
+    kwargs.setdefault("yield_to_loop", one_loop_turn)
     limiter = make(capacity, config, clock=script.clock, event_factory=script.event, **kwargs)
     return limiter, script
 
@@ -220,6 +225,45 @@ def test_cpu_request_takes_the_cpu_lane_before_its_database_slot() -> None:
     assert (limiter.cpu.used, limiter.db.used) == (0, 0)
 
 
+def test_cpu_request_lets_fast_database_requests_in_flight_finish_first() -> None:
+    limiter: Limiter
+    fast: list[Ticket] = []
+    turns: list[int] = []
+
+    def yield_to_loop() -> None:
+        # The loop's turn: the fast request's database round trips go on, and
+        # on the third turn it is done.
+        turns.append(limiter.fast_in_flight)
+        if len(turns) == 3:
+            limiter.release(fast.pop())
+
+    limiter = make(capacity=4, config={"GUNITUNE_CPU_CONCURRENCY": 2}, yield_to_loop=yield_to_loop)
+    fast.append(limiter.acquire(FAST))
+    ticket = limiter.acquire(EXEMPT, cpu=True)
+    assert turns == [1, 1, 1]  # the CPU work started only once the fast request was done
+    assert ticket.cpu and limiter.fast_in_flight == 0
+    # A CPU-bound request's own fast slot is not fast work to wait for.
+    limiter.release(ticket)
+    cpu_with_db = limiter.acquire(FAST, cpu=True)
+    assert limiter.acquire(EXEMPT, cpu=True).cpu and turns == [1, 1, 1, 0, 0]
+    limiter.release(cpu_with_db)
+
+
+def test_cpu_request_waits_for_fast_requests_only_so_long() -> None:
+    clock = FakeClock()
+
+    def yield_to_loop() -> None:
+        clock.now += 0.01
+
+    limiter = make(capacity=4, clock=clock, yield_to_loop=yield_to_loop)
+    never_done = limiter.acquire(FAST)
+    started = clock.now
+    ticket = limiter.acquire(EXEMPT, cpu=True)
+    # A steady stream of fast requests cannot starve CPU work: 50 ms at most.
+    assert ticket.cpu and 0.05 <= clock.now - started <= 0.07
+    limiter.release(never_done)
+
+
 def test_cpu_request_holds_no_database_slot_while_it_waits_for_the_cpu_lane() -> None:
     limiter = make(capacity=2)
     running = limiter.acquire(FAST, cpu=True)
@@ -324,7 +368,9 @@ def test_database_wait_gets_only_what_the_cpu_lane_left_of_the_queue_timeout() -
     script.steps += [cpu_lane_frees_after_0_3_s, lambda: None]
     with pytest.raises(Rejected) as info:
         limiter.acquire(FAST, cpu=True)
-    assert script.timeouts == [1.0, pytest.approx(0.7)]
+    # 0.3 s for the CPU lane, 1 ms for the loop's turn, 50 ms for the fast
+    # request holding the slot: the database wait gets the rest of the second.
+    assert script.timeouts == [1.0, pytest.approx(0.649, abs=0.002)]
     assert (info.value.lane, info.value.waited) == (FAST, pytest.approx(1.0))
     assert limiter.cpu.used == 0  # the CPU lane it got came back
     assert limiter.db.used == 1
