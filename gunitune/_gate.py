@@ -33,6 +33,7 @@ __all__ = ["EagerServer", "GatedPool", "HeldGate", "listen_queue"]
 # How often a worker whose gate is shut for balance looks at the board again:
 # the other workers' counts change in other processes, which send no event.
 _RECHECK_SECONDS = 0.002
+_RECHECK_MAX_SECONDS = 0.05
 # Connections accepted per turn of the loop, gate permitting (gevent's default).
 _ACCEPT_PER_TURN = 100
 # struct tcp_info of a listening socket (Linux): tcpi_unacked holds its accept
@@ -65,6 +66,7 @@ class HeldGate:
         self.pools: list[GatedPool] = []
         self._idle: set[Any] = set()  # keep-alive connections between two requests
         self.waiting_for_room = False  # an accept loop stopped and waits for the gate
+        self.draining = False  # the worker stops: accept nothing more
         self._rechecking = False
 
     def connections(self) -> int:
@@ -77,7 +79,7 @@ class HeldGate:
 
     def full(self) -> bool:
         """True when this worker should not accept now."""
-        if self.connections() >= self.max_held:
+        if self.draining or self.connections() >= self.max_held:
             return True
         if self.seat is None:
             return False
@@ -88,7 +90,8 @@ class HeldGate:
         return not may_accept(held, others, *self.kernel_queue())
 
     def kernel_queue(self) -> tuple[int, int]:
-        """Connections waiting in this worker's listen queues, and the queues' size."""
+        """Connections waiting in the listen queues this worker accepts from (shared with
+        the other workers), and the queues' size."""
         waiting = size = 0
         for sock in self.listeners:
             queued, limit = listen_queue(sock)
@@ -128,17 +131,27 @@ class HeldGate:
         self.waiting_for_room = any(pool.semaphore.has_links() for pool in self.pools)
 
     def recheck_while_shut(self) -> None:
-        """Look at the board again shortly, until the gate opens (one greenlet per gate)."""
-        if self._rechecking or self.seat is None:
+        """Look at the board again shortly, until the gate opens (one greenlet per gate).
+
+        Only a gate shut for balance needs it: the other workers' counts change
+        in other processes. A connection ending here wakes the gate by itself.
+        """
+        if self._rechecking or self.seat is None or self.draining:
+            return
+        if self.connections() >= self.max_held:
             return
         self._rechecking = True
         gevent.spawn(self._recheck)
 
     def _recheck(self) -> None:
+        # From 2 ms, doubling to 50 ms: quick during a burst, cheap when a
+        # worker stays busier than the others for long.
+        pause = _RECHECK_SECONDS
         try:
-            while any(pool.semaphore.has_links() for pool in self.pools):
-                gevent.sleep(_RECHECK_SECONDS)
+            while not self.draining and any(pool.semaphore.has_links() for pool in self.pools):
+                gevent.sleep(pause)
                 self.notify()
+                pause = min(_RECHECK_MAX_SECONDS, pause * 2)
         finally:
             self._rechecking = False
 

@@ -84,7 +84,9 @@ class GreenletCpuMeter:
     def uninstall(self) -> None:
         """Stop tracing and restore the previous tracer."""
         if self._installed:
-            greenlet.settrace(self._previous)
+            # A tracer installed after ours (a profiler, an APM agent) stays.
+            if greenlet.gettrace() == self._trace:  # bound methods: equal, not identical
+                greenlet.settrace(self._previous)
             self._installed = False
 
     def start(self, label: str, glet: Any = None) -> None:

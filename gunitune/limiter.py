@@ -6,8 +6,8 @@ does for its ``Limit``: :meth:`Limiter.acquire` returns a :class:`Ticket` (the
 instance per worker process, created once by the worker after its app loaded
 (or by the extension itself outside a gunitune worker).
 
-Requests wait here, in user space, not inside SQLAlchemy's QueuePool: a slot
-is only granted while the pool has a free connection for it. A request holds no
+Requests wait here, in user space, not inside SQLAlchemy's QueuePool: there
+are as many slots as the pool has connections. A request holds no
 database slot while it waits for the CPU lane, and never holds one it did not
 ask for. By default a request waits as long as it takes (as it would have in
 the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
@@ -27,8 +27,9 @@ from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
 
-# Longest a CPU-bound request lets fast database requests in flight finish first.
-_FAST_FIRST_SECONDS = 0.05
+# Longest a CPU-bound request lets fast database requests in flight finish
+# first: a few loop turns, enough for their round trips on a near database.
+_FAST_FIRST_SECONDS = 0.01
 
 
 class Rejected(Exception):
@@ -73,12 +74,12 @@ def _gevent_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]
     def yield_to_loop() -> None:
         gevent.sleep(0.001)
 
-    # Nothing between acquire and release yields under gevent: no lock needed.
+    # The scheduler's methods never yield under gevent: no lock needed.
     return Event, yield_to_loop, contextlib.nullcontext()
 
 
 def _thread_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
-    return threading.Event, lambda: time.sleep(0), threading.Lock()
+    return threading.Event, lambda: time.sleep(0.001), threading.Lock()
 
 
 def primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
@@ -160,15 +161,17 @@ class Limiter:
                 if cpu:
                     self._give_back(self.cpu, CPU)
                 raise
-        self.counts[CPU if cpu else lane]["admitted"] += 1
-        if lane == FAST and not cpu:
-            self.fast_in_flight += 1
+        with self._lock:
+            self.counts[CPU if cpu else lane]["admitted"] += 1
+            if lane == FAST and not cpu:
+                self.fast_in_flight += 1
         return Ticket(lane=lane, db=db, cpu=cpu, waited=self._clock() - start)
 
     def release(self, ticket: Ticket) -> None:
         """Give the slots of ``ticket`` back, each to the next waiter chosen for it."""
         if ticket.lane == FAST and not ticket.cpu:
-            self.fast_in_flight -= 1
+            with self._lock:
+                self.fast_in_flight -= 1
         try:
             if ticket.db:
                 self._give_back(self.db, ticket.lane)
@@ -180,7 +183,10 @@ class Limiter:
     def reroute(self, route: str, db_lane: str, cpu: bool) -> int:
         """Wake the queued requests of ``route`` so they queue again in its new lanes."""
         moved = 0
-        for scheduler, keep in ((self.db, db_lane), (self.cpu, CPU if cpu else None)):
+        # A route that became CPU-bound leaves the database queues too: its
+        # requests must pass the CPU lane first.
+        db_keep = None if cpu else db_lane
+        for scheduler, keep in ((self.db, db_keep), (self.cpu, CPU if cpu else None)):
             with self._lock:
                 waiters = scheduler.take_route(route, keep)
             for waiter in waiters:
@@ -262,7 +268,12 @@ class Limiter:
             self._abandon(scheduler, waiter)
             raise
         if waiter.granted:
-            if client_gone is not None and client_gone():
+            try:
+                gone = client_gone is not None and client_gone()
+            except BaseException:
+                self._give_back(scheduler, waiter.lane)
+                raise
+            if gone:
                 self._give_back(scheduler, waiter.lane)
                 self.counts[lane]["client_gone"] += 1
                 raise ClientGone(route)

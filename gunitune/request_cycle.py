@@ -15,9 +15,9 @@ being sampled does not reach the wrapper's close hook at all.
 from __future__ import annotations
 
 import os
-import socket
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,7 +28,8 @@ from flask import Flask, Response, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
+from gunitune._request_parts import BlockReports, ClosingBody, client_gone
+from gunitune.core.lanes import CPU, EXEMPT
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
@@ -43,12 +44,9 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
-# Loop-block reports: at most one event per route in this many seconds.
-_BLOCK_REPORT_INTERVAL = 10.0
-# Decorator modes: lanes forced by the app, plus "io" (any lane but the CPU lane).
-MODES = (EXEMPT, FAST, SLOW, CPU, "io")
 # The request running in this greenlet, for the pool's checkout listener: its
 # state when it is tracked, its route when it took the hot path.
+_OWN_LIMITER_LOCK = threading.Lock()
 _current: ContextVar[_InFlight | _Route | None] = ContextVar("gunitune_request", default=None)
 
 
@@ -74,53 +72,6 @@ class _InFlight:
 
 
 @dataclass
-class _BlockReports:
-    last: dict[str, float] = field(default_factory=dict)
-    suppressed: dict[str, int] = field(default_factory=dict)
-
-    def due(self, route: str, now: float) -> int | None:
-        """Blocks to report for ``route`` now (this one plus suppressed), or None."""
-        if now - self.last.get(route, float("-inf")) < _BLOCK_REPORT_INTERVAL:
-            self.suppressed[route] = self.suppressed.get(route, 0) + 1
-            return None
-        self.last[route] = now
-        return 1 + self.suppressed.pop(route, 0)
-
-
-def client_gone(sock: Any) -> bool:
-    """True when the peer closed or reset the connection (a peek, never a wait)."""
-    raw = getattr(sock, "_sock", sock)  # gevent's socket would wait for data
-    try:
-        peeked: bytes = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return peeked == b""
-
-
-class _Closing:
-    """The response body, with ``on_close`` run even when the body's own close raises."""
-
-    __slots__ = ("_body", "_on_close")
-
-    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
-        self._body = body
-        self._on_close = on_close
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._on_close()
-
-
-@dataclass
 class RequestCycle:
     """The extension's state for one app: routes, limiter, meter, telemetry."""
 
@@ -138,7 +89,7 @@ class RequestCycle:
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
     _routes: dict[int, _Route] = field(default_factory=dict)
-    _blocks: _BlockReports = field(default_factory=_BlockReports)
+    _blocks: BlockReports = field(default_factory=BlockReports)
     _watcher: Any = None
 
     def __post_init__(self) -> None:
@@ -153,7 +104,9 @@ class RequestCycle:
         # Outside a gunitune worker (flask run, a stock worker) the extension
         # builds its own, on first use: with preload_app that is after fork.
         if self.limiter is None:
-            self.limiter = Limiter(self.resolve_own())
+            with _OWN_LIMITER_LOCK:  # threads: one limiter, or tickets cross two
+                if self.limiter is None:
+                    self.limiter = Limiter(self.resolve_own())
         return self.limiter
 
     def before_request(self) -> None:
@@ -246,7 +199,7 @@ class RequestCycle:
                 raise
             if _ENVIRON_KEY not in environ:
                 return body
-            return _Closing(body, lambda: self.finish(environ))
+            return ClosingBody(body, lambda: self.finish(environ))
 
         return release_on_close
 

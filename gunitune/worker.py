@@ -81,7 +81,14 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
     def alive(self, value: bool) -> None:
         was, self._alive = self._alive, value
         if was and not value:
-            self._begin_drain()
+            # At once (a few memory writes, safe in a signal handler): leave the
+            # board and accept nothing more.
+            if self.seat is not None:
+                self.seat.set_open(False)
+            if self.gate is not None:
+                self.gate.draining = True
+                # The rest logs and schedules: from the loop, not the handler.
+                gevent.get_hub().loop.run_callback(self._begin_drain)
 
     def init_process(self) -> None:
         """Make the driver green and drop inherited pools, then hand over to Gunicorn."""
@@ -200,8 +207,10 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         they come, sooner than a busy client sends on each of them; closing
         those after 2 s would turn a held storm into resets.
         """
-        if getcurrent() in self._first_read:
-            return gevent.Timeout(self.cfg.timeout, False)
+        if self._alive and getcurrent() in self._first_read:
+            # Gunicorn's timeout 0 means none; a draining worker waits no longer
+            # than keep-alive for requests that never came.
+            return gevent.Timeout(self.cfg.timeout or None, False)
         return gevent.Timeout(self.cfg.keepalive, False)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
@@ -235,9 +244,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         base.Worker.notify(self)
 
     def _begin_drain(self) -> None:
-        """Stop taking part in accepting; refuse what cannot start before the deadline."""
-        if self.seat is not None:
-            self.seat.set_open(False)
+        """Refuse, later, what cannot start before the deadline."""
         limiter = self.limiter
         if limiter is None or self.gate is None:
             return  # still booting: nothing held

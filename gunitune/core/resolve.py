@@ -44,7 +44,6 @@ class Resolved:
     capacity_source: str
     max_held: int
     heartbeat_timeout: float
-    graceful_timeout: float
 
 
 def settings_from(environ: Mapping[str, str], app_config: Mapping[str, Any]) -> Settings:
@@ -88,7 +87,6 @@ def resolve(
             capacity_source=source,
             max_held=settings.max_held,
             heartbeat_timeout=float(settings.timeout),
-            graceful_timeout=float(settings.timeout),
         )
     return Resolved(
         settings=settings,
@@ -98,5 +96,4 @@ def resolve(
         # accept loop; gunitune.conf sets it from GUNITUNE_MAX_HELD.
         max_held=gunicorn.worker_connections,
         heartbeat_timeout=gunicorn.timeout,
-        graceful_timeout=gunicorn.graceful_timeout,
     )

@@ -144,8 +144,9 @@ def test_the_hand_tuned_fix_drops_the_same_burst(gunicorn: GunicornFactory) -> N
 
 
 def test_idle_keepalive_connections_hold_no_slot(gunicorn: GunicornFactory) -> None:
-    # Two database slots and a held bound of 30; 20 clients keep a connection
-    # open after one request. A new client must still be served.
+    # Two database slots; 20 clients keep a connection open after one request.
+    # Under the hand-tuned fix (worker_connections = 2) the third could not even
+    # connect; here the idle ones hold no slot and a new client is served.
     server = gunicorn(
         config="python:gunitune.conf",
         args=["--keep-alive", "60"],
@@ -203,14 +204,21 @@ def test_a_client_that_leaves_while_queued_is_not_served(gunicorn: GunicornFacto
 
     before = lane_counts()
 
+    async def queued(count: int) -> None:
+        # The stats endpoint needs no slot: it answers while the lane is full.
+        while _stats(server.port)["limiter"]["lanes"]["slow"]["waiting"] < count:
+            await asyncio.sleep(0.05)
+
     async def scenario() -> tuple[RequestResult, RequestResult]:
         first = asyncio.ensure_future(request_once(HOST, server.port, "/io", timeout=30))
-        await asyncio.sleep(0.2)  # pacing: the first holds the slot before the others come
+        while _stats(server.port)["limiter"]["lanes"]["slow"]["in_use"] < 1:
+            await asyncio.sleep(0.05)
         _reader, writer = await asyncio.open_connection(HOST, server.port)
         writer.write(b"GET /io HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         await writer.drain()
+        await queued(1)
         third = asyncio.ensure_future(request_once(HOST, server.port, "/io", timeout=30))
-        await asyncio.sleep(0.2)  # pacing: the second is queued by now
+        await queued(2)
         writer.close()  # the second client goes away while queued
         return await first, await third
 
@@ -313,6 +321,6 @@ def test_stop_under_a_storm_answers_every_held_request(gunicorn: GunicornFactory
     results, _ = _held_storm_then(gunicorn, "TERM", ["--graceful-timeout", "2"])
     outcomes = Counter(r.error or r.status for r in results)
     assert set(outcomes) <= {200, 503}, outcomes
-    assert outcomes[200] >= 20, outcomes
+    assert outcomes[503] > 0, outcomes  # the refusal path ran: nothing was left to reset
     refused = [r for r in results if r.status == 503]
     assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in refused), refused[:1]

@@ -24,13 +24,13 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gunitune import flask_ext
+from gunitune._request_parts import client_gone
 from gunitune.core.errors import ConfigError
 from gunitune.core.lanes import CPU, EXEMPT, FAST, LANES, SLOW
 from gunitune.core.limits import WARMUP_SAMPLES
 from gunitune.flask_ext import EXTENSION_KEY, GuniTune, find_cycle
 from gunitune.http import Overloaded
 from gunitune.limiter import Limiter
-from gunitune.request_cycle import client_gone
 from tests.unit.helpers import burn, closing, wait_until
 
 ENGINE_OPTIONS = {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 1}

@@ -368,3 +368,11 @@ def test_gate_stats(release: Event, seats: tuple[Seat, Seat], listener: socket.s
         "in_kernel_queue": 0,
         "accepting": True,
     }
+
+
+def test_a_draining_gate_accepts_nothing_more() -> None:
+    gate = HeldGate(max_held=100)
+    pool = GatedPool(gate)
+    assert pool.full() is False
+    gate.draining = True  # SIGTERM, reload, max_requests
+    assert pool.full() is True

@@ -88,14 +88,14 @@ def test_a_pool_of_zero_still_gives_one_slot() -> None:
 def test_outside_gunicorn_the_settings_give_max_held_and_timeouts() -> None:
     result = resolve({"GUNITUNE_TIMEOUT": "12"}, {"GUNITUNE_MAX_HELD": 70}, None, [])
     assert result.max_held == 70
-    assert (result.heartbeat_timeout, result.graceful_timeout) == (12.0, 12.0)
+    assert result.heartbeat_timeout == 12.0
 
 
 def test_under_gunicorn_its_effective_config_gives_max_held_and_timeouts() -> None:
     # The command line may have changed what gunitune.conf set: Gunicorn's values win.
     result = resolve({"GUNITUNE_MAX_HELD": "70"}, {}, GUNICORN, [PoolFacts(3, primary=True)])
     assert result.max_held == 800
-    assert (result.heartbeat_timeout, result.graceful_timeout) == (45.0, 20.0)
+    assert result.heartbeat_timeout == 45.0
     assert result.db_capacity == 3
     assert result.settings.max_held == 70
 
