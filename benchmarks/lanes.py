@@ -3,8 +3,9 @@
 * ``mixed-io`` / ``mixed-cpu``: a storm on ``/io`` or ``/cpu`` while two probes,
   ``/health`` (no database) and ``/fast`` (``SELECT 1``), each start
   ``probe_rate`` requests a second, from the storm's start until it ends.
-* ``burst``: ``burst_requests`` connections to ``/io`` opened at once, with the
-  connect time and every worker's memory measured.
+* ``burst``: ``burst_requests`` connections to ``/io`` opened at once by four
+  client processes (one would measure its own event loop), with the connect
+  time, the kernel's listen-queue overflows and every worker's memory measured.
 
 Each is a :data:`benchmarks.runner.Measure`: :func:`benchmarks.runner.run_one`
 starts, warms up, stops and drains the server around it, as for the other
@@ -21,6 +22,7 @@ from typing import Any
 
 from benchmarks import lane_figures as lf
 from benchmarks import storm_figures as sf
+from benchmarks.burst_clients import split_burst
 from benchmarks.configs import BenchSettings, Scenario
 from benchmarks.loadclient import RequestResult, request_once
 from benchmarks.probes import Progress, ServerProbe, cpu_samples, listen_overflows
@@ -89,7 +91,17 @@ def _run_load(
     sampler = WorkerSampler(server).start() if scen.name == "burst" else None
     try:
         with Progress(label, s.requests) as progress:
-            storm, probes = asyncio.run(storm_with_probes(server.port, scen, s, deadline, progress))
+            if scen.name == "burst":
+                storm = split_burst(
+                    server.port, scen.path, s.requests, scen.expected_body, deadline
+                )
+                probes: dict[str, Results] = {}
+                for result in storm:
+                    progress.add(sf.is_valid(result))
+            else:
+                storm, probes = asyncio.run(
+                    storm_with_probes(server.port, scen, s, deadline, progress)
+                )
     finally:
         probe.stop()
         if sampler is not None:
