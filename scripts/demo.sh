@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), then run the demo: 1500 concurrent slow requests
 # (pg_sleep 0.5 s, pool 4 + 6) while a health check and a fast query probe 4 times
-# a second, against the hand-tuned fix and gunitune side by side (about 3 minutes
+# a second, against the hand-tuned fix and gunitune side by side (about a minute
 # on 2 cores), and print the report (also written to results/<time>/, with a picture).
 #
 # Any flags replace the preset, e.g. the seed's storms at full size (long):
