@@ -16,20 +16,29 @@ the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
+from gunitune.core.adaptive import DatabaseLimit, Sample
 from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
 from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
 
+log = structlog.get_logger("gunitune")
+
 # Longest a CPU-bound request lets fast database requests in flight finish
 # first: a few loop turns, enough for their round trips on a near database.
 _FAST_FIRST_SECONDS = 0.01
+# A changing database limit is logged at most this often per worker: a storm
+# moves it on many requests a second.
+_LIMIT_LOG_SECONDS = 1.0
 
 
 class Rejected(Exception):
@@ -63,6 +72,7 @@ class Ticket:
     db: bool
     cpu: bool
     waited: float
+    concurrent: int = 0  # database slots in use in this worker once it got its own
 
 
 def _gevent_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
@@ -108,6 +118,12 @@ class Limiter:
         self.queue_timeout: float | None = settings.queue_timeout
         self.db = LaneScheduler(resolved.db_capacity, db_shares(settings.fast_share))
         self.cpu = LaneScheduler(settings.cpu_concurrency, {CPU: 1.0})
+        # The lanes share one database, so one limit governs them all: a
+        # limit per lane would see the other lane's queries as noise.
+        self.adaptive = (
+            DatabaseLimit(resolved.db_capacity) if settings.adaptive == "on" else None
+        )
+        self._limit_logged = (float("-inf"), resolved.db_capacity)
         event, yielder, lock = primitives()
         self._event = event_factory or event
         self._yield = yield_to_loop or yielder
@@ -165,7 +181,41 @@ class Limiter:
             self.counts[CPU if cpu else lane]["admitted"] += 1
             if lane == FAST and not cpu:
                 self.fast_in_flight += 1
-        return Ticket(lane=lane, db=db, cpu=cpu, waited=self._clock() - start)
+            concurrent = self.db.used if db else 0
+        return Ticket(lane, db, cpu, self._clock() - start, concurrent)
+
+    def learn(self, ticket: Ticket, route: str, hold: float, dropped: bool) -> None:
+        """Feed the database limit one request that held a connection ``hold`` seconds.
+
+        Call before :meth:`release` (the sample counts the slot it still holds).
+        ``dropped``: its database work failed or timed out.
+        """
+        if self.adaptive is None or not ticket.db:
+            return
+        now = self._clock()
+        with self._lock:
+            concurrent = max(ticket.concurrent, self.db.used)
+            limit = self.adaptive.on_sample(Sample(route, hold, concurrent, now, dropped))
+            granted = self.db.set_limit(limit) if limit != self.db.limit else []
+        for waiter in granted:
+            waiter.token.set()
+        self._log_limit(limit, now)
+
+    def _log_limit(self, limit: int, now: float) -> None:
+        logged_at, logged = self._limit_logged
+        if limit == logged or now - logged_at < _LIMIT_LOG_SECONDS:
+            return
+        self._limit_logged = (now, limit)
+        assert self.adaptive is not None
+        log.info(
+            "db_limit",
+            limit=limit,
+            was=logged,
+            ceiling=self.adaptive.ceiling,
+            probing=self.adaptive.probe is not None,
+            waiting=self.db.waiting(),
+            pid=os.getpid(),
+        )
 
     def release(self, ticket: Ticket) -> None:
         """Give the slots of ``ticket`` back, each to the next waiter chosen for it."""
@@ -225,12 +275,13 @@ class Limiter:
         for lane in LANES:
             figures: dict[str, Any] = dict(self.counts[lane])
             if lane in db:
-                figures.update(db[lane])
+                figures.update(db[lane], limit=self.db.limit)
             elif lane == CPU:
-                figures.update(cpu)
+                figures.update(cpu, limit=self.cpu.limit)
             lanes[lane] = figures
         stats: dict[str, Any] = {
             "db_limit": self.db.limit,
+            "adaptive": None if self.adaptive is None else self.adaptive.snapshot(),
             "db_in_use": self.db.used,
             "db_capacity_source": self.resolved.capacity_source,
             "cpu_concurrency": self.cpu.limit,

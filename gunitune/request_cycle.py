@@ -27,6 +27,7 @@ import structlog
 from flask import Flask, Response, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from gunitune._request_parts import BlockReports, ClosingBody, client_gone
 from gunitune.core.lanes import CPU, EXEMPT
@@ -44,6 +45,7 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
+_HELD_KEY = "gunitune_held"  # in a pool record's info: (request state, checkout time)
 # The request running in this greenlet, for the pool's checkout listener: its
 # state when it is tracked, its route when it took the hot path.
 _OWN_LIMITER_LOCK = threading.Lock()
@@ -69,6 +71,8 @@ class _InFlight:
     measured: bool
     ticket: Ticket | None = None
     used_db: bool = False
+    db_seconds: float = 0.0  # connections held, checkout to checkin, summed
+    db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
 
 
 @dataclass
@@ -95,6 +99,8 @@ class RequestCycle:
     def __post_init__(self) -> None:
         for engine in self.engines:
             event.listen(engine, "checkout", self._on_checkout)
+            event.listen(engine, "checkin", self._on_checkin)
+            event.listen(engine, "handle_error", self._on_db_error)
 
     def attach(self, limiter: Limiter) -> None:
         """Use the worker's limiter (called once by the worker, after the app loaded)."""
@@ -208,16 +214,19 @@ class RequestCycle:
         state: _InFlight | None = environ.pop(_ENVIRON_KEY, None)
         if state is None:
             return
+        ticket = state.ticket
         try:
             account = self.meter.stop() if state.measured else None
+            if ticket is not None and (state.db_seconds > 0 or state.db_failed):
+                self._limiter().learn(ticket, state.route, state.db_seconds, state.db_failed)
         finally:
-            if state.ticket is not None:
-                self._limiter().release(state.ticket)
+            if ticket is not None:
+                self._limiter().release(ticket)
         if account is None:
             return
         profile = state.profile
         before = _decide(state.mode, self.profiles.lanes_for(profile))
-        self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db)
+        self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db, self.clock())
         after = _decide(state.mode, self.profiles.lanes_for(profile))
         if after != before and self.limiter is not None:
             # Its queued requests move to the lanes the measurement gives them.
@@ -240,12 +249,31 @@ class RequestCycle:
         if isinstance(state, _Route):
             self.profiles.saw_database(state.route)
             return
+        if state.ticket is not None:
+            # Timed per connection record: the checkin may run where the
+            # request's context is gone (garbage collection, another greenlet).
+            record.info[_HELD_KEY] = (state, self.clock())
         if state.used_db:
             return
         state.used_db = True
         if state.db_lane == EXEMPT:
             # A route learned as database-free used the database: back to a lane.
             self.profiles.saw_database(state.route)
+
+    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        held = record.info.pop(_HELD_KEY, None)
+        if held is not None:
+            state, since = held
+            state.db_seconds += self.clock() - since
+
+    def _on_db_error(self, context: Any) -> None:
+        state = _current.get()
+        if isinstance(state, _InFlight) and (
+            context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError)
+        ):
+            # Timeouts, lost connections, a database refusing: capacity trouble,
+            # unlike a constraint violation, which says nothing about load.
+            state.db_failed = True
 
     def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:
         if self.retry_after is not None:

@@ -32,6 +32,10 @@ NO_DB_STREAK = 3
 # the hot path, and a busy route needs no more than ten samples a second.
 WARMUP_SAMPLES = 8
 SAMPLE_INTERVAL = 0.1
+# A sample this many seconds after the previous one weighs 63 % (1 - 1/e): the
+# averages follow a route whose cost changed within seconds however rarely it
+# is sampled, and frequent samples still weigh at least ``smoothing`` each.
+DECAY_SECONDS = 2.0
 
 
 @dataclass
@@ -45,19 +49,28 @@ class RouteProfile:
     seen: int = 0
     no_db_streak: int = 0
     measured_at: float = float("-inf")
+    added_at: float | None = None
     lane: str = FAST  # where its requests go: exempt, fast, slow or cpu
     db_lane: str = FAST  # the database lane it needs (exempt: none), after the CPU lane if any
 
-    def add(self, cpu_seconds: float, wall_seconds: float, smoothing: float) -> None:
-        """Fold one measured request into the averages."""
+    def add(
+        self, cpu_seconds: float, wall_seconds: float, smoothing: float, now: float | None = None
+    ) -> None:
+        """Fold one measured request (ended at ``now``) into the time-decayed averages."""
         ratio = min(1.0, cpu_seconds / wall_seconds) if wall_seconds > 0 else 0.0
         if self.samples == 0:
             self.cpu_ratio, self.cpu_seconds, self.wall_seconds = ratio, cpu_seconds, wall_seconds
         else:
-            self.cpu_ratio += smoothing * (ratio - self.cpu_ratio)
-            self.cpu_seconds += smoothing * (cpu_seconds - self.cpu_seconds)
-            self.wall_seconds += smoothing * (wall_seconds - self.wall_seconds)
+            weight = smoothing
+            if now is not None and self.added_at is not None:
+                elapsed = max(0.0, now - self.added_at)
+                weight = max(smoothing, 1.0 - math.exp(-elapsed / DECAY_SECONDS))
+            self.cpu_ratio += weight * (ratio - self.cpu_ratio)
+            self.cpu_seconds += weight * (cpu_seconds - self.cpu_seconds)
+            self.wall_seconds += weight * (wall_seconds - self.wall_seconds)
         self.samples += 1
+        if now is not None:
+            self.added_at = now
 
 
 @dataclass
@@ -104,10 +117,17 @@ class RouteProfiles:
             return SLOW, False
         return profile.db_lane, profile.lane == CPU
 
-    def add(self, route: str, cpu_seconds: float, wall_seconds: float, used_db: bool) -> str:
-        """Record one measured request of ``route``; return its lane (maybe new)."""
+    def add(
+        self,
+        route: str,
+        cpu_seconds: float,
+        wall_seconds: float,
+        used_db: bool,
+        now: float | None = None,
+    ) -> str:
+        """Record one measured request of ``route`` (ended at ``now``); return its lane."""
         profile = self.get(route)
-        profile.add(cpu_seconds, wall_seconds, self.smoothing)
+        profile.add(cpu_seconds, wall_seconds, self.smoothing, now)
         profile.no_db_streak = 0 if used_db else profile.no_db_streak + 1
         self.classify(profile)
         return profile.lane

@@ -193,6 +193,11 @@ class Settings:
         "A database route whose requests take at most this many seconds is fast: it is "
         "served ahead of slow ones.",
     )
+    adaptive = Setting(
+        _choice("on", "off"), "on",
+        "on: each worker finds at run time how many queries the database serves well at once "
+        "(at most its pool) and queues the rest; off: a worker runs as many as its pool holds.",
+    )
     fast_share = Setting(
         _fraction(), 0.3,
         "Share of a worker's database slots guaranteed to fast routes; the slow lane borrows "

@@ -141,7 +141,7 @@ def queued(limiter: Limiter, lane: str, **kwargs: Any) -> Request:
 def test_free_slot_is_granted_at_once_and_given_back_on_release() -> None:
     limiter = make(capacity=2, clock=FakeClock())
     ticket = limiter.acquire(FAST, route="/r")
-    assert ticket == Ticket(lane=FAST, db=True, cpu=False, waited=0.0)
+    assert ticket == Ticket(lane=FAST, db=True, cpu=False, waited=0.0, concurrent=1)
     fast = limiter.stats()["lanes"][FAST]
     assert (fast["in_use"], fast["admitted"], fast["waiting"]) == (1, 1, 0)
     limiter.release(ticket)
@@ -616,7 +616,7 @@ def test_stats_report_limits_slots_and_queues_per_lane() -> None:
     limiter = make(capacity=4, config={"GUNITUNE_CPU_CONCURRENCY": 2})
     limiter.acquire(SLOW, cpu=True)
     stats = limiter.stats()
-    assert {k: v for k, v in stats.items() if k != "lanes"} == {
+    assert {k: v for k, v in stats.items() if k not in ("lanes", "adaptive")} == {
         "db_limit": 4,
         "db_in_use": 1,
         "db_capacity_source": "the app's default engine",
@@ -633,7 +633,9 @@ def test_stats_report_limits_slots_and_queues_per_lane() -> None:
         "in_use": 1,
         "guaranteed": 2,
         "waiting": 0,
+        "limit": 4,
     }
+    assert stats["adaptive"]["limit"] == 4
     assert stats["lanes"][CPU] == {
         "admitted": 1,
         "rejected": 0,
@@ -641,6 +643,7 @@ def test_stats_report_limits_slots_and_queues_per_lane() -> None:
         "in_use": 1,
         "guaranteed": 2,
         "waiting": 0,
+        "limit": 2,
     }
 
 

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "queue_timeout": None,
     "max_held": 5000,
     "fast_seconds": 0.1,
+    "adaptive": "on",
     "fast_share": 0.3,
     "retry_after": None,
     "cpu_concurrency": 1,
@@ -83,6 +84,7 @@ def test_class_access_returns_the_declaration() -> None:
         ("GUNITUNE_MAX_HELD", "1", 1),
         ("GUNITUNE_FAST_SECONDS", "1e-1", 0.1),
         ("GUNITUNE_FAST_SECONDS", "2", 2.0),
+        ("GUNITUNE_ADAPTIVE", " OFF ", "off"),
         ("GUNITUNE_FAST_SHARE", "0.5", 0.5),
         ("GUNITUNE_FAST_SHARE", " 0.05 ", 0.05),
         ("GUNITUNE_RETRY_AFTER", "5", 5),
@@ -162,6 +164,7 @@ FRACTION = "a number between 0 and 1 (exclusive)"
         ("GUNITUNE_MAX_HELD", "lots", INT_GE_1),
         ("GUNITUNE_FAST_SECONDS", "0", NUM_GT_0),
         ("GUNITUNE_FAST_SECONDS", "off", NUM_GT_0),
+        ("GUNITUNE_ADAPTIVE", "yes", "one of on, off"),
         ("GUNITUNE_FAST_SHARE", "0", FRACTION),
         ("GUNITUNE_FAST_SHARE", "1", FRACTION),
         ("GUNITUNE_FAST_SHARE", 1.5, FRACTION),
@@ -211,7 +214,7 @@ def test_unknown_key_without_close_match_points_to_the_list() -> None:
 
 
 @pytest.mark.parametrize(
-    "removed", ["GUNITUNE_OVERCOMMIT", "GUNITUNE_CPU_BUDGET", "GUNITUNE_ADAPTIVE"]
+    "removed", ["GUNITUNE_OVERCOMMIT", "GUNITUNE_CPU_BUDGET"]
 )
 def test_settings_removed_with_the_lanes_are_rejected_not_ignored(removed: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{removed} is not a gunitune setting"):
