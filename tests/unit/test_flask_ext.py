@@ -978,3 +978,45 @@ def test_loop_block_is_reported_once_per_interval(tmp_path: Path, made: Made) ->
     assert blocks[0]["route"] == "/burn"
     assert blocks[0]["blocks"] == 1
     assert blocks[0]["seconds"] >= 0.01
+
+
+# --- what the adaptive limit learns ---------------------------------------------------
+
+
+def test_connection_hold_time_feeds_the_database_limit(tmp_path: Path, made: Made) -> None:
+    app, db = make_app(tmp_path, made)
+    tune = GuniTune(app, db)
+    assert app.test_client().get("/io").status_code == 200
+    adaptive = tune.stats(app)["limiter"]["adaptive"]
+    # The request checked a connection out and in: its hold is /io's baseline.
+    assert 0 < adaptive["baseline_ms"]["/io"] < 1000
+    assert "/nodb" not in adaptive["baseline_ms"]
+    assert app.test_client().get("/nodb").status_code == 200
+    assert "/nodb" not in tune.stats(app)["limiter"]["adaptive"]["baseline_ms"]
+
+
+def test_operational_error_counts_as_a_drop_but_an_app_error_does_not(
+    tmp_path: Path, made: Made
+) -> None:
+    app, db = make_app(tmp_path, made)
+
+    @app.get("/broken-sql")
+    def broken_sql() -> str:
+        with db.engine.connect() as conn:
+            conn.execute(text("select * from no_such_table"))  # sqlite: OperationalError
+        return "unreachable"
+
+    @app.get("/app-error")
+    def app_error() -> str:
+        with db.engine.connect() as conn:
+            conn.execute(text("select 1"))
+        raise ValueError("the app's own bug")
+
+    tune = GuniTune(app, db)
+    client = app.test_client()
+    assert client.get("/app-error").status_code == 500
+    assert tune.stats(app)["limiter"]["adaptive"]["drops"] == 0
+    assert client.get("/broken-sql").status_code == 500
+    limiter = tune.stats(app)["limiter"]
+    assert limiter["adaptive"]["drops"] == 1
+    assert limiter["db_limit"] < limiter["adaptive"]["ceiling"]

@@ -657,3 +657,47 @@ def test_stats_include_the_gate_once_a_worker_sets_it() -> None:
 def test_fast_share_setting_sets_the_fast_lane_guarantee() -> None:
     limiter = make(capacity=10, config={"GUNITUNE_FAST_SHARE": 0.5})
     assert (limiter.db.guaranteed(FAST), limiter.db.guaranteed(SLOW)) == (5, 5)
+
+
+# --- the adaptive database limit ------------------------------------------------------
+
+
+def test_learn_lowers_the_database_limit_on_drops_and_the_scheduler_follows() -> None:
+    limiter = make(capacity=8)
+    ticket = limiter.acquire(SLOW)
+    limiter.learn(ticket, "/q", 0.01, dropped=True)
+    limiter.release(ticket)
+    assert limiter.db.limit == 6  # 8 x DROP_BACKOFF
+    assert limiter.stats()["lanes"][SLOW]["limit"] == 6
+    assert limiter.stats()["adaptive"]["drops"] == 1
+
+
+def test_raised_limit_grants_queued_requests_at_once() -> None:
+    limiter = make(capacity=4)
+    held = limiter.acquire(SLOW)
+    for _ in range(3):  # down to 1 slot: drops
+        limiter.learn(held, "/q", 0.01, dropped=True)
+    assert limiter.db.limit == 1
+    waiting = queued(limiter, SLOW)
+    # A good sample while the slot is saturated raises the limit by one: the
+    # queued request gets the new slot without waiting for a release.
+    limiter.learn(held, "/q", 0.01, dropped=False)
+    assert limiter.db.limit == 2
+    assert isinstance(waiting.outcome(), Ticket)
+    limiter.release(held)
+
+
+def test_adaptive_off_keeps_the_pool_as_the_limit() -> None:
+    limiter = make(capacity=4, config={"GUNITUNE_ADAPTIVE": "off"})
+    ticket = limiter.acquire(FAST)
+    limiter.learn(ticket, "/q", 0.01, dropped=True)
+    limiter.release(ticket)
+    assert limiter.db.limit == 4
+    assert limiter.stats()["adaptive"] is None
+
+
+def test_requests_without_a_database_slot_teach_nothing() -> None:
+    limiter = make(capacity=4)
+    ticket = limiter.acquire(EXEMPT)
+    limiter.learn(ticket, "/health", 0.0, dropped=True)
+    assert limiter.db.limit == 4
