@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 from gunitune.core.limits import (
+    DECAY_SECONDS,
     NO_DB_STREAK,
     SAMPLE_INTERVAL,
     WARMUP_SAMPLES,
@@ -167,6 +170,37 @@ def test_lane_follows_a_route_that_turns_io_bound() -> None:
     lanes = [profiles.add("/r", 0.0, 0.05, used_db=True) for _ in range(10)]
     assert lanes[0] == CPU
     assert lanes[-1] == FAST
+
+
+def test_frequent_samples_weigh_the_smoothing_factor_each() -> None:
+    profiles = RouteProfiles(smoothing=0.3)
+    profiles.add("/r", 0.0, 1.0, used_db=True, now=100.0)
+    profiles.add("/r", 0.0, 0.0, used_db=True, now=100.01)
+    assert profiles.get("/r").wall_seconds == pytest.approx(0.7)
+
+
+def test_a_sample_after_a_pause_weighs_by_the_time_elapsed() -> None:
+    profiles = RouteProfiles(smoothing=0.3)
+    profiles.add("/r", 0.0, 1.0, used_db=True, now=100.0)
+    profiles.add("/r", 0.0, 0.0, used_db=True, now=100.0 + DECAY_SECONDS)
+    assert profiles.get("/r").wall_seconds == pytest.approx(math.exp(-1))
+
+
+@pytest.mark.parametrize("factor", [10.0, 0.1])
+def test_a_route_whose_cost_changes_tenfold_changes_lane_within_seconds(factor: float) -> None:
+    """Sampled ten times a second (the sampling interval), whatever its request rate."""
+    profiles = RouteProfiles(fast_seconds=0.1)
+    before, after = (0.03, 0.3) if factor > 1 else (0.3, 0.03)
+    now = 0.0
+    for _ in range(50):
+        now += SAMPLE_INTERVAL
+        profiles.add("/r", 0.0, before, used_db=True, now=now)
+    first_lane = profiles.get("/r").lane
+    switched = now
+    while profiles.get("/r").lane == first_lane:
+        now += SAMPLE_INTERVAL
+        profiles.add("/r", 0.0, after, used_db=True, now=now)
+        assert now - switched < 10, "still in its old lane 10 s after the change"
 
 
 def test_snapshot_reports_lane_measurements_and_counts() -> None:
