@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from gunitune._request_parts import BlockReports, ClosingBody, client_gone
-from gunitune.core.lanes import CPU, EXEMPT
+from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
@@ -73,6 +73,7 @@ class _InFlight:
     used_db: bool = False
     db_seconds: float = 0.0  # connections held, checkout to checkin, summed
     db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
+    scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
 
 
 @dataclass
@@ -127,7 +128,8 @@ class RequestCycle:
             _current.set(None)
             return
         profile = known.profile
-        measured = self.profiles.should_measure(profile, self.clock())
+        now = self.clock()
+        measured = self.profiles.should_measure(profile, now)
         if not (measured or known.mode) and profile.lane == EXEMPT:
             # The hot path of a route that needs nothing: no slot, no measurement.
             # The checkout listener still sees it, should it touch the database.
@@ -135,14 +137,21 @@ class RequestCycle:
             return
         db_lane, cpu = _decide(known.mode, self.profiles.lanes_for(profile))
         state = _InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
+        if known.mode is None and self.profiles.take_scout(profile, now):
+            state.db_lane, state.measured, state.scout = FAST, True, True
         _current.set(state)
         environ = req.environ
         if cpu or db_lane != EXEMPT:
             self._start_watcher()
-            state.ticket = self._acquire(state, known.mode, environ)
-        if measured:
+            try:
+                state.ticket = self._acquire(state, known.mode, environ)
+            except BaseException:
+                if state.scout:
+                    self.profiles.scout_done(profile)
+                raise
+        if state.measured:
             self.meter.start(known.route)
-        if state.ticket is not None or measured:
+        if state.ticket is not None or state.measured:
             environ[_ENVIRON_KEY] = state
 
     def _learn_rule(self, rule: Any) -> _Route:
@@ -215,6 +224,8 @@ class RequestCycle:
         if state is None:
             return
         ticket = state.ticket
+        if state.scout:
+            self.profiles.scout_done(state.profile)
         try:
             account = self.meter.stop() if state.measured else None
             if ticket is not None and (state.db_seconds > 0 or state.db_failed):

@@ -17,17 +17,24 @@ guard here (and a unit test):
 * drops and timeouts lower the limit (Netflix #176: Gradient2 ignored them);
   a timed-out query's constant hold is a drop, never a baseline (#137);
 * the baseline never rises from a sample taken under load, only from a lone
-  request (this worker holding one connection): steady overload cannot make
-  it drift up and the limit climb (Vegas #165, PR #134, Envoy's minRTT drift);
-* a lone request is found by a **probe**, not by rejecting: the limit drops
-  to the floor until one request of the doubtful route has run alone; the
-  others wait in the queue, none gets a 503 (Envoy's minRTT window sheds);
-  a probe that confirms the baseline waits twice as long before the next;
-* the limit rises on every good sample while at least half of it is used,
-  so it leaves the floor within a few round trips after overload ends
-  (go-concurrency-limits #117), and does not creep up while the app idles;
-* a sample granted at a concurrency above the current limit says nothing
-  about the current limit: it cannot lower it again (no overshoot).
+  request during a **probe**: steady overload cannot make it drift up and the
+  limit climb (Vegas #165, PR #134, Envoy's minRTT drift);
+* a probe rejects nothing (Envoy's minRTT window sheds): the limit drops to
+  the floor for a short window, the others wait in the queue. Probes start
+  just after multiples of a period of the monotonic clock, which every process
+  of the host shares, so the workers probe together and a lone request is not
+  slowed by the other workers' queries; a probe that confirms the baseline
+  skips twice as many periods before the next;
+* near its target the limit moves by ``1 / limit`` per sample (about one per
+  round trip), as each sample describes the concurrency of one round trip
+  ago; far below it, by one per sample;
+* the limit rises only while at least half of it is used: it leaves the floor
+  within a few round trips after overload ends (go-concurrency-limits #117),
+  and does not creep up while the app idles;
+* a sample granted at a concurrency above the current limit cannot lower it
+  again (no overshoot);
+* jitter is not queueing: only a hold below half the baseline lowers a
+  measured baseline outside a probe (the route got cheaper).
 
 No clock and no gevent: samples carry the adapter's time.
 """
@@ -35,22 +42,27 @@ No clock and no gevent: samples carry the adapter's time.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ALPHA", "BETA", "DatabaseLimit", "Sample"]
 
-ALPHA = 1.0  # fewer of our queries waiting inside the database than this: grow
-BETA = 2.0  # more than this: shrink
+ALPHA = 1.5  # fewer of our queries waiting inside the database than this: grow
+BETA = 3.0  # more than this: shrink
 DROP_BACKOFF = 0.75  # a failed or timed-out query: limit x this
 DOUBT_RATIO = 1.5  # a route slower than this x its baseline may have a stale baseline
-# Probes of doubtful baselines start on multiples of PROBE_PERIOD of the
-# monotonic clock, which every process of the host shares: the workers probe
-# together, so a lone request is not slowed by the other workers' queries.
-PROBE_PERIOD = 5.0
+CHANGE_RATIO = 2.0  # ...and twice as slow as when last confirmed: probe at the next period
+FIRST_GUESS_PERIOD = 1.0  # a baseline guessed under load is probed within a second
+PROBE_PERIOD = 5.0  # a doubtful baseline, every period at most
+PROBE_MOST_SKIPPED = 8  # a baseline confirmed again and again: every 8 periods
+PROBE_START_WINDOW = 0.25  # a probe may start this long after its period's start
 PROBE_CONFIRMS = 1.5  # a lone hold within this factor of the baseline confirms it
 PROBE_SHORTEST = 0.25  # a probe lasts at least this many seconds...
 PROBE_LONGEST = 5.0  # ...and at most this many
+CHEAPER = 1 / 3  # a hold below this x a measured baseline lowers it at once
+RECENT_SECONDS = 10.0  # routes seen this recently count for a probe's drain time
+_SMOOTHING = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +84,23 @@ class Sample:
 class _Baseline:
     seconds: float
     lone: bool  # measured on a lone request (else: a first guess under load)
+    seen_at: float
+    recent: float  # recent holds, smoothed: how long one takes to drain
     ratio: float = 1.0  # recent hold / baseline, smoothed
+    confirmed_ratio: float = 1.0  # the ratio when a probe last confirmed the baseline
+    skip: int = 1  # probe on every skip-th period
+    shrinks: bool = False  # its samples pushed the limit down since its last probe
 
 
 @dataclass(slots=True)
 class _Probe:
     route: str
-    restore: int  # the limit before the probe, given back after it
+    restore: float  # the limit before the probe, given back after it
     until: float
     baseline: float
-    first_guess: bool  # the baseline was guessed under load: the first lone hold ends it
-    best: float = math.inf  # shortest lone hold of the route seen during the probe
+    first_guess: bool
+    ratio: float  # the route's ratio before the probe
+    lone_holds: list[float] = field(default_factory=list)  # the route's, during the probe
 
 
 @dataclass
@@ -94,12 +112,12 @@ class DatabaseLimit:
 
     ceiling: int
     floor: int = 1
-    limit: int = field(init=False)
     probe: _Probe | None = field(default=None, init=False)
     probes: int = field(default=0, init=False)
     drops: int = field(default=0, init=False)
+    _level: float = field(default=0.0, init=False)
     _baselines: dict[str, _Baseline] = field(default_factory=dict, init=False)
-    _last_probe_slot: int = field(default=-1, init=False)
+    _last_probe_slot: tuple[float, int] = field(default=(0.0, -1), init=False)
 
     def __post_init__(self) -> None:
         if self.floor < 1 or self.ceiling < self.floor:
@@ -107,12 +125,19 @@ class DatabaseLimit:
                 f"floor={self.floor}, ceiling={self.ceiling} are invalid: "
                 "expected 1 <= floor <= ceiling"
             )
-        self.limit = self.ceiling
+        self._level = float(self.ceiling)
+
+    @property
+    def limit(self) -> int:
+        """The limit to enforce now (the floor while probing)."""
+        if self.probe is not None:
+            return self.floor
+        return max(self.floor, min(self.ceiling, math.floor(self._level)))
 
     def set_ceiling(self, ceiling: int) -> int:
         """A new pool size: the limit stays within it."""
         self.ceiling = max(self.floor, ceiling)
-        self.limit = min(self.limit, self.ceiling)
+        self._level = min(self._level, float(self.ceiling))
         return self.limit
 
     def baseline(self, route: str) -> float | None:
@@ -126,75 +151,133 @@ class DatabaseLimit:
             # A failed or timed-out query says the database is in trouble, and
             # its hold (a timeout's constant length) says nothing of its cost.
             self.drops += 1
-            self.limit = max(self.floor, math.floor(self.limit * DROP_BACKOFF))
+            self._level = max(float(self.floor), math.floor(self.limit * DROP_BACKOFF))
+            if self.probe is not None:
+                self.probe.restore = self._level
             return self.limit
         if sample.hold <= 0:
             return self.limit
-        lone = sample.concurrent <= 1
-        known = self._baselines.get(sample.route)
-        if known is None:
-            known = self._baselines[sample.route] = _Baseline(sample.hold, lone)
-        elif sample.hold < known.seconds:
-            known.seconds = sample.hold  # a lower hold is proof, at any concurrency
+        known = self._learn(sample)
         if self.probe is not None:
-            self._follow_probe(sample, known, lone)
+            self._follow_probe(sample)
             return self.limit
         ratio = sample.hold / known.seconds
-        known.ratio += 0.3 * (ratio - known.ratio)
-        queued = self.limit * (1.0 - 1.0 / ratio)
-        if queued > BETA and sample.concurrent <= self.limit:
-            self.limit = max(self.floor, self.limit - 1)
-        elif queued < ALPHA and 2 * sample.concurrent >= self.limit:
-            self.limit = min(self.ceiling, self.limit + 1)
+        known.ratio += _SMOOTHING * (ratio - known.ratio)
+        limit = self.limit
+        queued = limit * (1.0 - 1.0 / ratio)
+        if queued > BETA and sample.concurrent <= limit:
+            # Straight to where the estimate puts it: the queries that ran
+            # unqueued (limit / ratio) plus BETA; later samples refine it.
+            target = math.ceil(limit / ratio + BETA)
+            self._level = max(float(self.floor), min(self._level - 1, target))
+            known.shrinks = True
+        elif queued < ALPHA and 2 * sample.concurrent >= limit:
+            # A whole slot when a request that ran with the whole limit saw no
+            # queue; else a slot per round trip: a sample tells about the
+            # concurrency it started with, which later raises have not reached.
+            clear = queued < ALPHA / 2 and sample.concurrent >= limit
+            step = 1.0 if clear else 1.0 / limit
+            self._level = min(float(self.ceiling), self._level + step)
         if self._needs_probe(sample, known):
             self._start_probe(sample, known)
         return self.limit
 
+    def _learn(self, sample: Sample) -> _Baseline:
+        known = self._baselines.get(sample.route)
+        lone = sample.concurrent <= 1
+        if known is None:
+            known = _Baseline(sample.hold, lone, sample.now, sample.hold)
+            self._baselines[sample.route] = known
+            return known
+        cheaper = sample.hold < known.seconds * CHEAPER
+        if sample.hold < known.seconds and (not known.lone or cheaper):
+            # Any lower hold beats a guess made under load; a measured baseline
+            # only follows a clearly cheaper route (jitter is not queueing).
+            known.seconds = sample.hold
+        known.seen_at = sample.now
+        known.recent += _SMOOTHING * (sample.hold - known.recent)
+        return known
+
     def _needs_probe(self, sample: Sample, known: _Baseline) -> bool:
         if sample.concurrent < self.limit or self.limit <= self.floor:
             return False  # not saturated: lone requests come by themselves
-        if not known.lone:
-            return True  # a first guess made under load: probe at once
-        slot = math.floor(sample.now / PROBE_PERIOD)
-        return known.ratio > DOUBT_RATIO and slot != self._last_probe_slot
+        if known.lone:
+            if known.ratio <= DOUBT_RATIO and not known.shrinks:
+                return False
+            if known.ratio > CHANGE_RATIO * known.confirmed_ratio:
+                known.skip = 1  # slower than when last confirmed: look again soon
+        period = PROBE_PERIOD if known.lone else FIRST_GUESS_PERIOD
+        slot = math.floor(sample.now / period)
+        return (
+            sample.now - slot * period < PROBE_START_WINDOW
+            and (period, slot) != self._last_probe_slot
+            and (not known.lone or slot % known.skip == 0)
+        )
 
     def _start_probe(self, sample: Sample, known: _Baseline) -> None:
         self.probes += 1
-        self._last_probe_slot = math.floor(sample.now / PROBE_PERIOD)
-        # Long enough to drain this worker's queries and run one alone, at
-        # the route's recent cost (which may be far above its baseline).
-        window = min(PROBE_LONGEST, max(PROBE_SHORTEST, 3 * known.seconds * max(1.0, known.ratio)))
+        period = PROBE_PERIOD if known.lone else FIRST_GUESS_PERIOD
+        slot = math.floor(sample.now / period)
+        self._last_probe_slot = (period, slot)
+        # Long enough to drain the queries in flight (the slowest recent route)
+        # and run one alone; ending at the same time in every worker, as the
+        # probes started together: one worker refilling the database while
+        # another measures would slow the other's lone request.
+        recent = [
+            b.recent for b in self._baselines.values() if sample.now - b.seen_at <= RECENT_SECONDS
+        ]
+        window = min(PROBE_LONGEST, max(PROBE_SHORTEST, 2 * max(recent) + known.recent))
         self.probe = _Probe(
-            sample.route, self.limit, sample.now + window, known.seconds, first_guess=not known.lone
+            sample.route,
+            self._level,
+            slot * period + window,
+            known.seconds,
+            first_guess=not known.lone,
+            ratio=known.ratio,
         )
-        self.limit = self.floor
 
-    def _follow_probe(self, sample: Sample, known: _Baseline, lone: bool) -> None:
+    def _follow_probe(self, sample: Sample) -> None:
         probe = self.probe
         assert probe is not None
-        if lone and sample.route == probe.route:
-            probe.best = min(probe.best, sample.hold)
-            if probe.first_guess:
-                self._end_probe(known)  # any lone hold beats a guess made under load
+        if sample.route == probe.route and sample.concurrent <= 1:
+            probe.lone_holds.append(sample.hold)
+            if probe.first_guess and sample.hold * PROBE_CONFIRMS >= probe.baseline:
+                # As slow alone as under load: nothing was queued (an IO-bound
+                # route). Ending now spares the pool the rest of the window.
+                self._end_probe()
                 return
         if sample.now >= probe.until:
-            self._end_probe(known if sample.route == probe.route else None)
+            self._end_probe()
 
-    def _end_probe(self, known: _Baseline | None) -> None:
+    def _end_probe(self) -> None:
         probe = self.probe
         assert probe is not None
         self.probe = None
-        self.limit = max(self.floor, min(self.ceiling, probe.restore))
-        known = self._baselines.get(probe.route) if known is None else known
-        if known is None or probe.best == math.inf:
+        self._level = max(float(self.floor), min(float(self.ceiling), probe.restore))
+        known = self._baselines.get(probe.route)
+        if known is None or not probe.lone_holds:
             return  # no lone request made it within the window: try again later
-        # The only place a baseline may rise: the best lone hold of a probe, the
-        # other workers probing at the same moment. Steady load cannot make it
-        # drift; a lone hold close to the baseline confirms it instead.
-        if probe.first_guess or probe.best > probe.baseline * PROBE_CONFIRMS:
-            known.seconds = probe.best
+        # The median, not the shortest: a route whose holds vary (a remote
+        # call, a lock) would otherwise look queued at its typical hold.
+        alone = statistics.median(probe.lone_holds)
+        confirmed = not probe.first_guess and (
+            probe.baseline / PROBE_CONFIRMS <= alone <= probe.baseline * PROBE_CONFIRMS
+        )
+        if confirmed:
+            known.skip = min(PROBE_MOST_SKIPPED, 2 * known.skip)
+            known.confirmed_ratio = probe.ratio
+        else:
+            known.skip = 1
+        # The only place a measured baseline may rise: lone holds during a
+        # probe, the other workers probing at the same moment. A limit set
+        # against a baseline too low by some factor is raised by that factor.
+        grown = alone / known.seconds
+        if grown > 1 and not probe.first_guess:
+            self._level = min(float(self.ceiling), self._level * grown)
+        known.ratio = max(1.0, known.ratio / grown)
+        known.seconds = alone
+        known.shrinks = False
         known.lone = True
-        known.ratio = 1.0
 
     def snapshot(self) -> dict[str, Any]:
         """The limit and what it learned, as plain data for stats."""

@@ -36,6 +36,11 @@ SAMPLE_INTERVAL = 0.1
 # averages follow a route whose cost changed within seconds however rarely it
 # is sampled, and frequent samples still weigh at least ``smoothing`` each.
 DECAY_SECONDS = 2.0
+# A slow route sends one request at a time ahead, in the fast lane, to be
+# measured: while warming up, then every SCOUT_SECONDS. Without it, a fast
+# route measured slow once (its first request met a storm) would queue behind
+# the storm, and never be measured again before the storm ends.
+SCOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -50,6 +55,8 @@ class RouteProfile:
     no_db_streak: int = 0
     measured_at: float = float("-inf")
     added_at: float | None = None
+    scouting: bool = False  # one of its requests runs ahead in the fast lane, measured
+    scouted_at: float = float("-inf")
     lane: str = FAST  # where its requests go: exempt, fast, slow or cpu
     db_lane: str = FAST  # the database lane it needs (exempt: none), after the CPU lane if any
 
@@ -117,6 +124,25 @@ class RouteProfiles:
             return SLOW, False
         return profile.db_lane, profile.lane == CPU
 
+    def take_scout(self, profile: RouteProfile, now: float) -> bool:
+        """Send this request of a slow route ahead, in the fast lane, to be measured?
+
+        One at a time per route: while it warms up, then every ``SCOUT_SECONDS``.
+        Give it back with :meth:`scout_done`.
+        """
+        if profile.lane != SLOW or profile.scouting:
+            return False
+        if profile.samples >= WARMUP_SAMPLES and now - profile.scouted_at < SCOUT_SECONDS:
+            return False
+        profile.scouting = True
+        profile.scouted_at = now
+        return True
+
+    @staticmethod
+    def scout_done(profile: RouteProfile) -> None:
+        """The scout of ``profile`` finished (or never ran): the next may go."""
+        profile.scouting = False
+
     def add(
         self,
         route: str,
@@ -147,7 +173,11 @@ class RouteProfiles:
         if profile.no_db_streak >= NO_DB_STREAK:
             profile.db_lane = EXEMPT
         else:
-            profile.db_lane = FAST if profile.wall_seconds <= self.fast_seconds else SLOW
+            # Hysteresis: a route enters the fast lane at half the bound it
+            # leaves it at, so one near the bound does not flap (each move
+            # sends its queued requests to the back of the other lane).
+            bound = self.fast_seconds if profile.db_lane == FAST else self.fast_seconds / 2
+            profile.db_lane = FAST if profile.wall_seconds <= bound else SLOW
         cpu_bound = (
             profile.cpu_ratio > self.threshold and profile.cpu_seconds >= self.min_cpu_seconds
         )

@@ -11,6 +11,7 @@ from gunitune.core.limits import (
     DECAY_SECONDS,
     NO_DB_STREAK,
     SAMPLE_INTERVAL,
+    SCOUT_SECONDS,
     WARMUP_SAMPLES,
     RouteProfiles,
     retry_after_seconds,
@@ -167,7 +168,7 @@ def test_smoothing_keeps_the_lane_through_one_outlier() -> None:
 def test_lane_follows_a_route_that_turns_io_bound() -> None:
     profiles = RouteProfiles(threshold=0.5, smoothing=0.3)
     profiles.add("/r", 0.9, 1.0, used_db=True)
-    lanes = [profiles.add("/r", 0.0, 0.05, used_db=True) for _ in range(10)]
+    lanes = [profiles.add("/r", 0.0, 0.02, used_db=True) for _ in range(10)]
     assert lanes[0] == CPU
     assert lanes[-1] == FAST
 
@@ -201,6 +202,47 @@ def test_a_route_whose_cost_changes_tenfold_changes_lane_within_seconds(factor: 
         now += SAMPLE_INTERVAL
         profiles.add("/r", 0.0, after, used_db=True, now=now)
         assert now - switched < 10, "still in its old lane 10 s after the change"
+
+
+def test_a_route_enters_the_fast_lane_at_half_the_bound_it_leaves_it_at() -> None:
+    profiles = RouteProfiles(fast_seconds=0.1, smoothing=1.0)
+    assert profiles.add("/r", 0.0, 0.09, used_db=True) == FAST
+    assert profiles.add("/r", 0.0, 0.11, used_db=True) == SLOW
+    assert profiles.add("/r", 0.0, 0.09, used_db=True) == SLOW  # not back yet
+    assert profiles.add("/r", 0.0, 0.05, used_db=True) == FAST
+
+
+def test_a_slow_route_scouts_one_request_at_a_time_while_warming_up() -> None:
+    profiles = RouteProfiles(fast_seconds=0.1)
+    profiles.add("/r", 0.0, 0.5, used_db=True, now=0.0)
+    profile = profiles.get("/r")
+    assert profile.lane == SLOW
+    assert profiles.take_scout(profile, 0.1)
+    assert not profiles.take_scout(profile, 0.2)  # one in flight already
+    profiles.scout_done(profile)
+    assert profiles.take_scout(profile, 0.3)
+
+
+def test_a_warm_slow_route_scouts_every_scout_seconds() -> None:
+    profiles = RouteProfiles(fast_seconds=0.1)
+    for i in range(WARMUP_SAMPLES):
+        profiles.add("/r", 0.0, 0.5, used_db=True, now=float(i))
+    profile = profiles.get("/r")
+    assert profiles.take_scout(profile, 10.0)
+    profiles.scout_done(profile)
+    assert not profiles.take_scout(profile, 10.0 + SCOUT_SECONDS / 2)
+    assert profiles.take_scout(profile, 10.0 + SCOUT_SECONDS)
+
+
+@pytest.mark.parametrize("wall", [0.01, 0.5])
+def test_fast_cpu_and_exempt_routes_never_scout(wall: float) -> None:
+    profiles = RouteProfiles(fast_seconds=0.1)
+    profiles.add("/fast", 0.0, 0.01, used_db=True)
+    profiles.add("/cpu", wall * 0.9, wall, used_db=True)
+    for _ in range(NO_DB_STREAK):
+        profiles.add("/nodb", 0.0, 0.5, used_db=False)
+    for route in ("/fast", "/cpu", "/nodb"):
+        assert not profiles.take_scout(profiles.get(route), 100.0), route
 
 
 def test_snapshot_reports_lane_measurements_and_counts() -> None:
