@@ -192,10 +192,19 @@ class Limiter:
         """
         if self.adaptive is None or not ticket.db:
             return
+
+        def sample(limit: DatabaseLimit, now: float) -> int:
+            concurrent = max(ticket.concurrent, self.db.used)
+            return limit.on_sample(Sample(route, hold, concurrent, now, dropped))
+
+        self._adapt(sample)
+
+    def _adapt(self, step: Callable[[DatabaseLimit, float], int]) -> None:
+        """Apply ``step`` to the database limit and the new limit to the lanes."""
+        assert self.adaptive is not None
         now = self._clock()
         with self._lock:
-            concurrent = max(ticket.concurrent, self.db.used)
-            limit = self.adaptive.on_sample(Sample(route, hold, concurrent, now, dropped))
+            limit = step(self.adaptive, now)
             granted = self.db.set_limit(limit) if limit != self.db.limit else []
         for waiter in granted:
             waiter.token.set()
@@ -225,6 +234,10 @@ class Limiter:
         try:
             if ticket.db:
                 self._give_back(self.db, ticket.lane)
+                if self.adaptive is not None and self.adaptive.probe is not None:
+                    # A slot held without a query teaches nothing, but the time
+                    # it took may end a probe, which otherwise waits for samples.
+                    self._adapt(DatabaseLimit.tick)
         finally:
             if ticket.cpu:
                 self._give_back(self.cpu, CPU)

@@ -62,7 +62,9 @@ PROBE_SHORTEST = 0.25  # a probe lasts at least this many seconds...
 PROBE_LONGEST = 5.0  # ...and at most this many
 CHEAPER = 1 / 3  # a hold below this x a measured baseline lowers it at once
 RECENT_SECONDS = 10.0  # routes seen this recently count for a probe's drain time
+SIGNIFICANT = 0.1  # a route whose holds are below this x the longest recent one is not probed
 _SMOOTHING = 0.3
+_WEIGHT_DECAY = 0.9  # per sample: the queue estimate covers the last ten or so
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class DatabaseLimit:
     probes: int = field(default=0, init=False)
     drops: int = field(default=0, init=False)
     _level: float = field(default=0.0, init=False)
+    _held: float = field(default=0.0, init=False)  # recent holds, decayed sum
+    _alone: float = field(default=0.0, init=False)  # their routes' baselines, same weights
     _baselines: dict[str, _Baseline] = field(default_factory=dict, init=False)
     _last_probe_slot: tuple[float, int] = field(default=(0.0, -1), init=False)
 
@@ -161,8 +165,13 @@ class DatabaseLimit:
         if self.probe is not None:
             self._follow_probe(sample)
             return self.limit
-        ratio = sample.hold / known.seconds
-        known.ratio += _SMOOTHING * (ratio - known.ratio)
+        known.ratio += _SMOOTHING * (sample.hold / known.seconds - known.ratio)
+        # Weighted by hold time: the queue inside the database is made of
+        # database time. A 2 ms query slowed to 20 ms by the event loop's lag
+        # (not by the database) hardly moves it beside 500 ms queries.
+        self._held = self._held * _WEIGHT_DECAY + sample.hold
+        self._alone = self._alone * _WEIGHT_DECAY + known.seconds
+        ratio = self._held / self._alone
         limit = self.limit
         queued = limit * (1.0 - 1.0 / ratio)
         if queued > BETA and sample.concurrent <= limit:
@@ -170,7 +179,7 @@ class DatabaseLimit:
             # unqueued (limit / ratio) plus BETA; later samples refine it.
             target = math.ceil(limit / ratio + BETA)
             self._level = max(float(self.floor), min(self._level - 1, target))
-            known.shrinks = True
+            known.shrinks = known.ratio > 1.0 + BETA / limit
         elif queued < ALPHA and 2 * sample.concurrent >= limit:
             # A whole slot when a request that ran with the whole limit saw no
             # queue; else a slot per round trip: a sample tells about the
@@ -198,9 +207,20 @@ class DatabaseLimit:
         known.recent += _SMOOTHING * (sample.hold - known.recent)
         return known
 
+    def tick(self, now: float) -> int:
+        """Time passed with no sample (a slot given back unused): end an expired probe."""
+        if self.probe is not None and now >= self.probe.until:
+            self._end_probe()
+        return self.limit
+
+    def _recent_holds(self, now: float) -> list[float]:
+        return [b.recent for b in self._baselines.values() if now - b.seen_at <= RECENT_SECONDS]
+
     def _needs_probe(self, sample: Sample, known: _Baseline) -> bool:
         if sample.concurrent < self.limit or self.limit <= self.floor:
             return False  # not saturated: lone requests come by themselves
+        if known.recent < SIGNIFICANT * max(self._recent_holds(sample.now)):
+            return False  # too short to matter beside the others: a probe would cost more
         if known.lone:
             if known.ratio <= DOUBT_RATIO and not known.shrinks:
                 return False
@@ -223,10 +243,8 @@ class DatabaseLimit:
         # and run one alone; ending at the same time in every worker, as the
         # probes started together: one worker refilling the database while
         # another measures would slow the other's lone request.
-        recent = [
-            b.recent for b in self._baselines.values() if sample.now - b.seen_at <= RECENT_SECONDS
-        ]
-        window = min(PROBE_LONGEST, max(PROBE_SHORTEST, 2 * max(recent) + known.recent))
+        longest = max(self._recent_holds(sample.now))
+        window = min(PROBE_LONGEST, max(PROBE_SHORTEST, 2 * longest + known.recent))
         self.probe = _Probe(
             sample.route,
             self._level,

@@ -269,11 +269,15 @@ def test_no_overshoot_and_no_rise_when_app_limited() -> None:
     assert limit.on_sample(Sample("/r", 0.125, 40, 1.1)) == before  # granted at 40: stale
     after = limit.on_sample(Sample("/r", 0.125, before, 1.2))  # granted at the limit: queued
     assert after < before
-    assert limit.on_sample(Sample("/r", 0.1, (after - 1) // 2, 1.3)) == after  # app-limited
+    grow = DatabaseLimit(ceiling=40)
+    lone(grow, "/r", 0.1)
+    level = grow.on_sample(Sample("/r", 0.1, 40, 1.0, dropped=True))
+    for i in range(100):  # app-limited: under half of the limit in use, however long
+        assert grow.on_sample(Sample("/r", 0.1, (level - 1) // 2, 1.3 + i / 1000)) == level
     # Half used and no queue: it grows, a slot per round trip (1 / limit per sample)...
-    assert limit.on_sample(Sample("/r", 0.1, (after + 1) // 2, 1.4)) >= after
+    assert grow.on_sample(Sample("/r", 0.1, (level + 1) // 2, 1.4)) == level
     # ...and a whole slot when the request ran with the whole limit.
-    assert limit.on_sample(Sample("/r", 0.1, limit.limit, 1.5)) == after + 1
+    assert grow.on_sample(Sample("/r", 0.1, level, 1.5)) == level + 1
 
 
 def test_per_route_baselines() -> None:
@@ -330,3 +334,12 @@ def test_snapshot_shape() -> None:
     assert (snap["limit"], snap["ceiling"], snap["floor"], snap["drops"]) == (6, 8, 1, 1)
     assert snap["probing"] is None and snap["probes"] == 0
     assert snap["baseline_ms"] == {"/a": 12.3, "/b": 1500.0}
+
+
+def test_an_expired_probe_ends_without_a_sample() -> None:
+    """Slots given back unused (requests that never queried) still let a probe end on time."""
+    limit = DatabaseLimit(ceiling=10)
+    assert limit.on_sample(Sample("/r", 0.5, 10, 1.0)) == limit.floor  # a first guess: probed
+    assert limit.tick(1.1) == limit.floor
+    assert limit.tick(1.0 + PROBE_LONGEST) == 10
+    assert limit.probe is None

@@ -701,3 +701,18 @@ def test_requests_without_a_database_slot_teach_nothing() -> None:
     ticket = limiter.acquire(EXEMPT)
     limiter.learn(ticket, "/health", 0.0, dropped=True)
     assert limiter.db.limit == 4
+
+
+def test_a_slot_given_back_unused_ends_an_expired_probe() -> None:
+    clock = FakeClock()
+    limiter = make(capacity=10, clock=clock)
+    clock.now = 1.0  # just after a probe period's start: a first guess is probed at once
+    tickets = [limiter.acquire(SLOW) for _ in range(10)]
+    limiter.learn(tickets[0], "/q", 0.5, dropped=False)
+    limiter.release(tickets[0])
+    assert limiter.db.limit == 1  # probing
+    clock.now = 60.0
+    limiter.release(tickets[1])  # this one never queried: no sample
+    assert limiter.db.limit == 10
+    for ticket in tickets[2:]:
+        limiter.release(ticket)
