@@ -1,4 +1,5 @@
-"""Small parts of the request cycle: the response wrapper, loop-block reports, the peek.
+"""Small parts of the request cycle: the response wrapper, loop-block reports, the
+peek, the lane decision, the pressure watcher.
 
 Kept apart so :mod:`gunitune.request_cycle` reads as the per-request flow.
 """
@@ -8,9 +9,18 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["BlockReports", "ClosingBody", "client_gone"]
+from gunitune.core.lanes import CPU
+
+__all__ = [
+    "BlockReports",
+    "ClosingBody",
+    "PressureWatcher",
+    "client_gone",
+    "decide_lanes",
+    "keep_retry_after",
+]
 
 # Loop-block reports: at most one event per route in this many seconds.
 _BLOCK_REPORT_INTERVAL = 10.0
@@ -65,3 +75,61 @@ class ClosingBody:
             self._on_close()
 
 
+
+
+def keep_retry_after(seconds: int, response: Any) -> Any:
+    """Add ``Retry-After`` to a shed response unless the app's handler set one."""
+    if "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def decide_lanes(mode: str | None, learned: tuple[str, bool]) -> tuple[str, bool]:
+    """(database lane, through the CPU lane?) for a request: decorators win over learning."""
+    db_lane, cpu = learned
+    if mode is None:
+        return db_lane, cpu
+    if mode == "io":
+        return db_lane, False
+    if mode == CPU:
+        return db_lane, True
+    return mode, False
+
+
+class _Observer(Protocol):
+    def observe(self, waiters: int, /) -> object: ...
+
+
+class _Waiting(Protocol):
+    def waiting(self) -> int: ...
+
+
+@dataclass
+class PressureWatcher:
+    """A greenlet that checks pool pressure every interval (gevent workers only)."""
+
+    greenlet: Any = None  # None: not started; False: not under gevent
+
+    def start(
+        self,
+        interval: float,
+        telemetry: _Observer,
+        limiter: Callable[[], _Waiting | None],
+    ) -> None:
+        """Start it once; outside gevent, pressure is checked on shedding only."""
+        if self.greenlet is not None:
+            return
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
+            self.greenlet = False
+            return
+        import gevent
+
+        def watch() -> None:
+            while True:
+                gevent.sleep(interval)
+                current = limiter()
+                telemetry.observe(current.waiting() if current is not None else 0)
+
+        self.greenlet = gevent.spawn(watch)

@@ -7,7 +7,9 @@ instance per worker process, created once by the worker after its app loaded
 (or by the extension itself outside a gunitune worker).
 
 Requests wait here, in user space, not inside SQLAlchemy's QueuePool: there
-are as many slots as the pool has connections. A request holds no
+are at most as many slots as the pool has connections, fewer while the
+adaptive limit (:mod:`gunitune._adaptive_db`) finds the database's queries
+slowed by each other. A request holds no
 database slot while it waits for the CPU lane, and never holds one it did not
 ask for. By default a request waits as long as it takes (as it would have in
 the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
@@ -16,29 +18,23 @@ the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
-
-from gunitune.core.adaptive import DatabaseLimit, Sample
+from gunitune._adaptive_db import AdaptiveDb
+from gunitune.core.adaptive import PROBE_LONGEST, DatabaseLimit
 from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
 from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
 
-log = structlog.get_logger("gunitune")
 
 # Longest a CPU-bound request lets fast database requests in flight finish
 # first: a few loop turns, enough for their round trips on a near database.
 _FAST_FIRST_SECONDS = 0.01
-# A changing database limit is logged at most this often per worker: a storm
-# moves it on many requests a second.
-_LIMIT_LOG_SECONDS = 1.0
 
 
 class Rejected(Exception):
@@ -118,17 +114,19 @@ class Limiter:
         self.queue_timeout: float | None = settings.queue_timeout
         self.db = LaneScheduler(resolved.db_capacity, db_shares(settings.fast_share))
         self.cpu = LaneScheduler(settings.cpu_concurrency, {CPU: 1.0})
-        # The lanes share one database, so one limit governs them all: a
-        # limit per lane would see the other lane's queries as noise.
-        self.adaptive = (
-            DatabaseLimit(resolved.db_capacity) if settings.adaptive == "on" else None
-        )
-        self._limit_logged = (float("-inf"), resolved.db_capacity)
         event, yielder, lock = primitives()
         self._event = event_factory or event
         self._yield = yield_to_loop or yielder
         self._lock = lock
         self._clock = clock
+        # The lanes share one database, so one limit governs them all: a
+        # limit per lane would see the other lane's queries as noise.
+        self.adaptive: AdaptiveDb | None = None
+        if settings.adaptive == "on":
+            # A probe queues requests: with a queue timeout it stays well inside it.
+            longest = PROBE_LONGEST if self.queue_timeout is None else self.queue_timeout / 4
+            limit = DatabaseLimit(resolved.db_capacity, probe_longest=min(PROBE_LONGEST, longest))
+            self.adaptive = AdaptiveDb(limit, self.db, self._lock, self._clock)
         self._heartbeat = heartbeat
         # The arbiter only needs a touch well within its timeout; a touch per
         # request is a syscall on the hot path.
@@ -188,43 +186,10 @@ class Limiter:
         """Feed the database limit one request that held a connection ``hold`` seconds.
 
         Call before :meth:`release` (the sample counts the slot it still holds).
-        ``dropped``: its database work failed or timed out.
+        ``dropped``: its database work failed for the database's sake.
         """
-        if self.adaptive is None or not ticket.db:
-            return
-
-        def sample(limit: DatabaseLimit, now: float) -> int:
-            concurrent = max(ticket.concurrent, self.db.used)
-            return limit.on_sample(Sample(route, hold, concurrent, now, dropped))
-
-        self._adapt(sample)
-
-    def _adapt(self, step: Callable[[DatabaseLimit, float], int]) -> None:
-        """Apply ``step`` to the database limit and the new limit to the lanes."""
-        assert self.adaptive is not None
-        now = self._clock()
-        with self._lock:
-            limit = step(self.adaptive, now)
-            granted = self.db.set_limit(limit) if limit != self.db.limit else []
-        for waiter in granted:
-            waiter.token.set()
-        self._log_limit(limit, now)
-
-    def _log_limit(self, limit: int, now: float) -> None:
-        logged_at, logged = self._limit_logged
-        if limit == logged or now - logged_at < _LIMIT_LOG_SECONDS:
-            return
-        self._limit_logged = (now, limit)
-        assert self.adaptive is not None
-        log.info(
-            "db_limit",
-            limit=limit,
-            was=logged,
-            ceiling=self.adaptive.ceiling,
-            probing=self.adaptive.probe is not None,
-            waiting=self.db.waiting(),
-            pid=os.getpid(),
-        )
+        if self.adaptive is not None and ticket.db:
+            self.adaptive.learn(ticket.lane, ticket.concurrent, route, hold, dropped)
 
     def release(self, ticket: Ticket) -> None:
         """Give the slots of ``ticket`` back, each to the next waiter chosen for it."""
@@ -234,10 +199,10 @@ class Limiter:
         try:
             if ticket.db:
                 self._give_back(self.db, ticket.lane)
-                if self.adaptive is not None and self.adaptive.probe is not None:
+                if self.adaptive is not None:
                     # A slot held without a query teaches nothing, but the time
                     # it took may end a probe, which otherwise waits for samples.
-                    self._adapt(DatabaseLimit.tick)
+                    self.adaptive.tick()
         finally:
             if ticket.cpu:
                 self._give_back(self.cpu, CPU)

@@ -24,12 +24,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Flask, Response, after_this_request, request
+from flask import Flask, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
-from gunitune._request_parts import BlockReports, ClosingBody, client_gone
+from gunitune._db_holds import Holds, capacity_error
+from gunitune._request_parts import (
+    BlockReports,
+    ClosingBody,
+    PressureWatcher,
+    client_gone,
+    decide_lanes,
+    keep_retry_after,
+)
 from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
@@ -45,7 +52,7 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
-_HELD_KEY = "gunitune_held"  # in a pool record's info: (request state, checkout time)
+_HELD_KEY = "gunitune_held"  # in a pool record's info: the request state holding it
 # The request running in this greenlet, for the pool's checkout listener: its
 # state when it is tracked, its route when it took the hot path.
 _OWN_LIMITER_LOCK = threading.Lock()
@@ -71,7 +78,7 @@ class _InFlight:
     measured: bool
     ticket: Ticket | None = None
     used_db: bool = False
-    db_seconds: float = 0.0  # connections held, checkout to checkin, summed
+    holds: Holds = field(default_factory=Holds)  # connections held, checkout to checkin
     db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
     scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
 
@@ -95,7 +102,7 @@ class RequestCycle:
     limiter: Limiter | None = None
     _routes: dict[int, _Route] = field(default_factory=dict)
     _blocks: BlockReports = field(default_factory=BlockReports)
-    _watcher: Any = None
+    _watcher: PressureWatcher = field(default_factory=PressureWatcher)
 
     def __post_init__(self) -> None:
         for engine in self.engines:
@@ -135,14 +142,14 @@ class RequestCycle:
             # The checkout listener still sees it, should it touch the database.
             _current.set(known)
             return
-        db_lane, cpu = _decide(known.mode, self.profiles.lanes_for(profile))
+        db_lane, cpu = decide_lanes(known.mode, self.profiles.lanes_for(profile))
         state = _InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
-        if known.mode is None and self.profiles.take_scout(profile, now):
-            state.db_lane, state.measured, state.scout = FAST, True, True
         _current.set(state)
         environ = req.environ
         if cpu or db_lane != EXEMPT:
-            self._start_watcher()
+            self._watcher.start(self.pressure_interval, self.telemetry, lambda: self.limiter)
+            if known.mode is None and self.profiles.take_scout(profile, now):
+                state.db_lane, state.measured, state.scout = FAST, True, True
             try:
                 state.ticket = self._acquire(state, known.mode, environ)
             except BaseException:
@@ -185,7 +192,8 @@ class RequestCycle:
                 )
             except Moved:
                 # Its route was classified while it waited: queue in the new lane.
-                state.db_lane, state.cpu = _decide(mode, self.profiles.lanes_for(state.profile))
+                learned = self.profiles.lanes_for(state.profile)
+                state.db_lane, state.cpu = decide_lanes(mode, learned)
                 if not state.cpu and state.db_lane == EXEMPT:
                     return None
             except Rejected as exc:
@@ -194,7 +202,7 @@ class RequestCycle:
                 retry_after = self._retry_after(state.profile, limiter)
                 # Runs for this response only, after the app's own 503 handler
                 # (if any) rendered it: the client still learns when to come back.
-                after_this_request(partial(_keep_retry_after, retry_after))
+                after_this_request(partial(keep_retry_after, retry_after))
                 raise Overloaded(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
                 from werkzeug.exceptions import ClientDisconnected
@@ -228,17 +236,18 @@ class RequestCycle:
             self.profiles.scout_done(state.profile)
         try:
             account = self.meter.stop() if state.measured else None
-            if ticket is not None and (state.db_seconds > 0 or state.db_failed):
-                self._limiter().learn(ticket, state.route, state.db_seconds, state.db_failed)
+            held = state.holds.total(self.clock())
+            if ticket is not None and (held > 0 or state.db_failed):
+                self._limiter().learn(ticket, state.route, held, state.db_failed)
         finally:
             if ticket is not None:
                 self._limiter().release(ticket)
         if account is None:
             return
         profile = state.profile
-        before = _decide(state.mode, self.profiles.lanes_for(profile))
+        before = decide_lanes(state.mode, self.profiles.lanes_for(profile))
         self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db, self.clock())
-        after = _decide(state.mode, self.profiles.lanes_for(profile))
+        after = decide_lanes(state.mode, self.profiles.lanes_for(profile))
         if after != before and self.limiter is not None:
             # Its queued requests move to the lanes the measurement gives them.
             self.limiter.reroute(state.route, *after)
@@ -261,9 +270,10 @@ class RequestCycle:
             self.profiles.saw_database(state.route)
             return
         if state.ticket is not None:
-            # Timed per connection record: the checkin may run where the
+            # Kept on the connection record: the checkin may run where the
             # request's context is gone (garbage collection, another greenlet).
-            record.info[_HELD_KEY] = (state, self.clock())
+            record.info[_HELD_KEY] = state
+            state.holds.opened(self.clock())
         if state.used_db:
             return
         state.used_db = True
@@ -272,18 +282,13 @@ class RequestCycle:
             self.profiles.saw_database(state.route)
 
     def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
-        held = record.info.pop(_HELD_KEY, None)
-        if held is not None:
-            state, since = held
-            state.db_seconds += self.clock() - since
+        state = record.info.pop(_HELD_KEY, None)
+        if state is not None:
+            state.holds.closed(self.clock())
 
     def _on_db_error(self, context: Any) -> None:
         state = _current.get()
-        if isinstance(state, _InFlight) and (
-            context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError)
-        ):
-            # Timeouts, lost connections, a database refusing: capacity trouble,
-            # unlike a constraint violation, which says nothing about load.
+        if isinstance(state, _InFlight) and capacity_error(context):
             state.db_failed = True
 
     def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:
@@ -305,25 +310,6 @@ class RequestCycle:
                 hint="CPU work in a gevent worker holds every other request of this worker",
             )
 
-    def _start_watcher(self) -> None:
-        """A greenlet that checks pool pressure every interval (gevent only)."""
-        if self._watcher is not None:
-            return
-        from gevent import monkey
-
-        if not monkey.is_module_patched("socket"):
-            self._watcher = False  # not in a gevent worker: checks on shedding only
-            return
-        import gevent
-
-        def watch() -> None:
-            while True:
-                gevent.sleep(self.pressure_interval)
-                limiter = self.limiter
-                self.telemetry.observe(limiter.waiting() if limiter is not None else 0)
-
-        self._watcher = gevent.spawn(watch)
-
     def stats(self) -> dict[str, Any]:
         """All numbers of this worker, for ``GuniTune.stats()`` and the stats endpoint."""
         return {
@@ -332,21 +318,3 @@ class RequestCycle:
             "routes": self.profiles.snapshot(),
             "pool": self.telemetry.stats(),
         }
-
-
-def _keep_retry_after(seconds: int, response: Response) -> Response:
-    if "Retry-After" not in response.headers:
-        response.headers["Retry-After"] = str(seconds)
-    return response
-
-
-def _decide(mode: str | None, learned: tuple[str, bool]) -> tuple[str, bool]:
-    """(database lane, through the CPU lane?) for a request: decorators win over learning."""
-    db_lane, cpu = learned
-    if mode is None:
-        return db_lane, cpu
-    if mode == "io":
-        return db_lane, False
-    if mode == CPU:
-        return db_lane, True
-    return mode, False

@@ -25,15 +25,16 @@ guard here (and a unit test):
   of the host shares, so the workers probe together and a lone request is not
   slowed by the other workers' queries; a probe that confirms the baseline
   skips twice as many periods before the next;
-* near its target the limit moves by ``1 / limit`` per sample (about one per
+* near its target the limit grows by ``1 / limit`` per sample (about one per
   round trip), as each sample describes the concurrency of one round trip
-  ago; far below it, by one per sample;
+  ago; by one per sample when a request that ran with the whole limit saw no
+  queue; it shrinks straight to where the estimate puts it;
 * the limit rises only while at least half of it is used: it leaves the floor
   within a few round trips after overload ends (go-concurrency-limits #117),
   and does not creep up while the app idles;
 * a sample granted at a concurrency above the current limit cannot lower it
   again (no overshoot);
-* jitter is not queueing: only a hold below half the baseline lowers a
+* jitter is not queueing: only a hold below a third of the baseline lowers a
   measured baseline outside a probe (the route got cheaper).
 
 No clock and no gevent: samples carry the adapter's time.
@@ -114,6 +115,7 @@ class DatabaseLimit:
 
     ceiling: int
     floor: int = 1
+    probe_longest: float = PROBE_LONGEST  # below a queue timeout: a probe queues requests
     probe: _Probe | None = field(default=None, init=False)
     probes: int = field(default=0, init=False)
     drops: int = field(default=0, init=False)
@@ -138,12 +140,6 @@ class DatabaseLimit:
             return self.floor
         return max(self.floor, min(self.ceiling, math.floor(self._level)))
 
-    def set_ceiling(self, ceiling: int) -> int:
-        """A new pool size: the limit stays within it."""
-        self.ceiling = max(self.floor, ceiling)
-        self._level = min(self._level, float(self.ceiling))
-        return self.limit
-
     def baseline(self, route: str) -> float | None:
         """What a lone request of ``route`` costs, as far as known."""
         known = self._baselines.get(route)
@@ -155,7 +151,9 @@ class DatabaseLimit:
             # A failed or timed-out query says the database is in trouble, and
             # its hold (a timeout's constant length) says nothing of its cost.
             self.drops += 1
-            self._level = max(float(self.floor), math.floor(self.limit * DROP_BACKOFF))
+            # From the level the limit has outside a probe, not the probe's floor.
+            level = self.probe.restore if self.probe is not None else self._level
+            self._level = max(float(self.floor), math.floor(math.floor(level) * DROP_BACKOFF))
             if self.probe is not None:
                 self.probe.restore = self._level
             return self.limit
@@ -187,15 +185,17 @@ class DatabaseLimit:
             clear = queued < ALPHA / 2 and sample.concurrent >= limit
             step = 1.0 if clear else 1.0 / limit
             self._level = min(float(self.ceiling), self._level + step)
+            known.shrinks = False  # what pushed it down has passed: no reason to probe
         if self._needs_probe(sample, known):
             self._start_probe(sample, known)
         return self.limit
 
     def _learn(self, sample: Sample) -> _Baseline:
         known = self._baselines.get(sample.route)
-        lone = sample.concurrent <= 1
         if known is None:
-            known = _Baseline(sample.hold, lone, sample.now, sample.hold)
+            # A first guess even when alone in this worker: the other workers
+            # may keep the database busy. Only a probe measures a lone cost.
+            known = _Baseline(sample.hold, False, sample.now, sample.hold)
             self._baselines[sample.route] = known
             return known
         cheaper = sample.hold < known.seconds * CHEAPER
@@ -244,11 +244,12 @@ class DatabaseLimit:
         # probes started together: one worker refilling the database while
         # another measures would slow the other's lone request.
         longest = max(self._recent_holds(sample.now))
-        window = min(PROBE_LONGEST, max(PROBE_SHORTEST, 2 * longest + known.recent))
+        window = min(self.probe_longest, max(PROBE_SHORTEST, 2 * longest + known.recent))
         self.probe = _Probe(
             sample.route,
             self._level,
-            slot * period + window,
+            # Counted from the latest start: a late starter still gets its window.
+            slot * period + PROBE_START_WINDOW + window,
             known.seconds,
             first_guess=not known.lone,
             ratio=known.ratio,
@@ -290,7 +291,7 @@ class DatabaseLimit:
         # probe, the other workers probing at the same moment. A limit set
         # against a baseline too low by some factor is raised by that factor.
         grown = alone / known.seconds
-        if grown > 1 and not probe.first_guess:
+        if grown > 1 and not probe.first_guess and not confirmed:
             self._level = min(float(self.ceiling), self._level * grown)
         known.ratio = max(1.0, known.ratio / grown)
         known.seconds = alone

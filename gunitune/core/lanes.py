@@ -73,6 +73,7 @@ class LaneScheduler:
         self._queues: dict[str, deque[Waiter]] = {lane: deque() for lane in shares}
         self._in_use = dict.fromkeys(shares, 0)
         self._guaranteed: dict[str, int] = {}
+        self.preferred: str | None = None  # a lane served first whatever its share
         self.limit = 0
         self.set_limit(limit)
 
@@ -187,7 +188,10 @@ class LaneScheduler:
         }
 
     def _pick(self) -> Waiter | None:
-        """The next waiter: a lane below its guarantee first, else the least served lane."""
+        """The next waiter: the preferred lane's (a probe's) first, then a lane below its
+        guarantee, else the least served lane."""
+        if self.preferred is not None and self._queues[self.preferred]:
+            return self._queues[self.preferred].popleft()
         candidates = [lane for lane in self._shares if self._queues[lane]]
         if not candidates:
             return None

@@ -191,7 +191,7 @@ class Settings:
     fast_seconds = Setting(
         _float_above(0), 0.1,
         "A database route whose requests take at most this many seconds is fast: it is "
-        "served ahead of slow ones.",
+        "served ahead of slow ones (a slow route comes back under half of it).",
     )
     adaptive = Setting(
         _choice("on", "off"), "on",

@@ -18,6 +18,7 @@ from gunitune.core.adaptive import (
     DROP_BACKOFF,
     PROBE_LONGEST,
     PROBE_PERIOD,
+    PROBE_START_WINDOW,
     DatabaseLimit,
     Sample,
 )
@@ -105,8 +106,11 @@ def constant(seconds: float) -> Cost:
 
 
 def lone(limit: DatabaseLimit, route: str, hold: float, now: float = 0.0) -> int:
-    """Teach ``limit`` what a request of ``route`` costs alone."""
-    return limit.on_sample(Sample(route, hold, 1, now))
+    """Teach ``limit`` what ``route`` costs alone, as a worker does: a first guess
+    under load (``now`` at a period's start) starts a probe, a lone request ends it."""
+    limit.on_sample(Sample(route, hold, limit.limit, now))
+    assert limit.probe is not None, "no probe: pick a now at a period's start"
+    return limit.on_sample(Sample(route, hold, 1, now + 0.01))
 
 
 def test_drops_lower_the_limit_to_the_floor() -> None:
@@ -215,18 +219,19 @@ def test_limit_leaves_the_floor_after_overload_and_does_not_creep_when_app_limit
 def test_probe_lowers_the_limit_for_a_bounded_time_and_restores_it() -> None:
     """Envoy's minRTT window rejects requests with 503s; a probe here only makes them wait."""
     limit = DatabaseLimit(ceiling=10)
-    lone(limit, "/slow", 2.0, now=0.5)
+    lone(limit, "/slow", 2.0, now=1.0)
     start = PROBE_PERIOD  # probes start on the period's multiples
     limit.on_sample(Sample("/slow", 8.0, 10, start))  # saturated at 4x its baseline
     assert limit.probe is not None and limit.snapshot()["probing"] == "/slow"
-    restore = limit.probe.restore
+    restore, until = limit.probe.restore, limit.probe.until
     assert limit.limit == limit.floor < restore
-    now, seen = start, []
-    while limit.probe is not None:  # the worst case: no request ever runs alone
+    assert until <= start + PROBE_START_WINDOW + PROBE_LONGEST
+    now = start
+    while now + 0.1 < until:  # the worst case: no request ever runs alone
         now += 0.1
-        seen.append(limit.on_sample(Sample("/slow", 8.0, 3, now)))
-        assert now - start <= PROBE_LONGEST + 0.1
-    assert seen == [limit.floor] * (len(seen) - 1) + [restore]
+        assert limit.on_sample(Sample("/slow", 8.0, 3, now)) == limit.floor
+    assert limit.tick(until - 0.001) == limit.floor
+    assert limit.tick(until) == restore
     assert limit.floor >= 1  # the adapter always admits one: the API never rejects
 
 
@@ -284,12 +289,12 @@ def test_per_route_baselines() -> None:
     """platinummonkey/go-concurrency-limits#117: one RTT baseline for a 10 ms-2 s mix."""
     limit = DatabaseLimit(ceiling=15)
     lone(limit, "/fast", 0.005)
-    lone(limit, "/slow", 0.5)
+    lone(limit, "/slow", 0.5, now=1.0)
     for i in range(2000):
         route, hold = ("/fast", 0.005) if i % 2 else ("/slow", 0.5)
         limit.on_sample(Sample(route, hold * (1.0 + (i % 5) / 100), limit.limit, i / 100))
         assert limit.limit == 15
-    assert limit.probes == 0
+    assert limit.probes == 2  # the two that measured each route alone
     assert limit.snapshot()["baseline_ms"] == {"/fast": 5.0, "/slow": 500.0}
 
 
@@ -308,31 +313,45 @@ def test_constructor_rejects_bad_bounds(ceiling: int, floor: int) -> None:
         DatabaseLimit(ceiling=ceiling, floor=floor)
 
 
-def test_set_ceiling_clamps_the_limit() -> None:
-    """A smaller pool lowers the limit at once, also the one a probe restores."""
-    limit = DatabaseLimit(ceiling=10, floor=2)
-    assert limit.set_ceiling(4) == 4 and limit.limit == 4
-    assert limit.set_ceiling(20) == 4 and limit.ceiling == 20  # the limit grows by samples
-    assert limit.set_ceiling(0) == 2 and limit.ceiling == 2  # never below the floor
-    limit = DatabaseLimit(ceiling=10)
+def test_a_probe_lasts_no_longer_than_probe_longest() -> None:
+    """A probe queues requests: with a queue timeout, the worker keeps it shorter."""
+    limit = DatabaseLimit(ceiling=10, probe_longest=0.3)
+    lone(limit, "/r", 1.0)
+    limit.on_sample(Sample("/r", 10.0, 10, PROBE_PERIOD))  # doubtful: probed
+    assert limit.probe is not None
+    assert limit.probe.until == pytest.approx(PROBE_PERIOD + PROBE_START_WINDOW + 0.3)
+
+
+def test_a_drop_during_a_probe_backs_off_from_the_level_before_it() -> None:
+    """Not from the probe's floor: one failed query does not leave the limit at 1."""
+    limit = DatabaseLimit(ceiling=20)
     lone(limit, "/r", 0.1)
-    limit.on_sample(Sample("/r", 0.4, 10, PROBE_PERIOD))
-    assert limit.probe is not None and limit.probe.restore > 3
-    limit.set_ceiling(3)
-    limit.on_sample(Sample("/r", 0.4, 3, PROBE_PERIOD + PROBE_LONGEST))
-    assert limit.probe is None and limit.limit == 3
+    limit.on_sample(Sample("/r", 0.4, 20, PROBE_PERIOD))
+    assert limit.probe is not None and limit.limit == limit.floor
+    restore = math.floor(limit.probe.restore)
+    limit.on_sample(Sample("/r", 0.4, 1, PROBE_PERIOD + 0.01, dropped=True))
+    limit.tick(PROBE_PERIOD + PROBE_LONGEST)
+    assert limit.limit == math.floor(restore * DROP_BACKOFF)
+
+
+def test_a_first_sample_alone_in_its_worker_is_still_a_guess() -> None:
+    """Other workers may keep the database busy: only a probe measures a lone cost."""
+    limit = DatabaseLimit(ceiling=10)
+    limit.on_sample(Sample("/r", 0.3, 1, 0.5))
+    limit.on_sample(Sample("/r", 0.3, 10, 1.0))  # saturated at a period's start
+    assert limit.probe is not None and limit.probe.first_guess
 
 
 def test_snapshot_shape() -> None:
     """Plain data for the stats view, baselines in milliseconds per route."""
     limit = DatabaseLimit(ceiling=8)
     lone(limit, "/a", 0.0123)
-    lone(limit, "/b", 1.5)
+    lone(limit, "/b", 1.5, now=1.0)
     limit.on_sample(Sample("/a", 1.0, 8, 1.0, dropped=True))
     snap = limit.snapshot()
     assert set(snap) == {"limit", "ceiling", "floor", "probing", "probes", "drops", "baseline_ms"}
     assert (snap["limit"], snap["ceiling"], snap["floor"], snap["drops"]) == (6, 8, 1, 1)
-    assert snap["probing"] is None and snap["probes"] == 0
+    assert snap["probing"] is None and snap["probes"] == 2
     assert snap["baseline_ms"] == {"/a": 12.3, "/b": 1500.0}
 
 

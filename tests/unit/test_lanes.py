@@ -231,3 +231,16 @@ def test_db_shares_split_the_pool_between_fast_and_slow() -> None:
 def test_db_shares_refuse_a_share_outside_zero_one(share: float) -> None:
     with pytest.raises(ValueError, match=rf"fast_share={share!r} is invalid"):
         db_shares(share)
+
+
+def test_a_preferred_lane_is_served_first_whatever_its_share() -> None:
+    """A probe's lane: at limit 1 the fast lane would otherwise take every turn."""
+    scheduler = LaneScheduler(1, db_shares(0.3))
+    assert scheduler.try_acquire(FAST)
+    slow, fast = Waiter(SLOW, "/report"), Waiter(FAST, "/q")
+    scheduler.enqueue(slow)
+    scheduler.enqueue(fast)
+    scheduler.preferred = SLOW
+    assert scheduler.release(FAST) is slow
+    scheduler.preferred = None
+    assert scheduler.release(SLOW) is fast

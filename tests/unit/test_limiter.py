@@ -711,8 +711,13 @@ def test_a_slot_given_back_unused_ends_an_expired_probe() -> None:
     limiter.learn(tickets[0], "/q", 0.5, dropped=False)
     limiter.release(tickets[0])
     assert limiter.db.limit == 1  # probing
-    clock.now = 60.0
+    assert limiter.adaptive is not None and limiter.adaptive.limit.probe is not None
+    until = limiter.adaptive.limit.probe.until
+    clock.now = until - 0.001
     limiter.release(tickets[1])  # this one never queried: no sample
+    assert limiter.db.limit == 1
+    clock.now = until
+    limiter.release(tickets[2])
     assert limiter.db.limit == 10
-    for ticket in tickets[2:]:
+    for ticket in tickets[3:]:
         limiter.release(ticket)

@@ -188,20 +188,22 @@ def test_a_sample_after_a_pause_weighs_by_the_time_elapsed() -> None:
 
 
 @pytest.mark.parametrize("factor", [10.0, 0.1])
-def test_a_route_whose_cost_changes_tenfold_changes_lane_within_seconds(factor: float) -> None:
-    """Sampled ten times a second (the sampling interval), whatever its request rate."""
-    profiles = RouteProfiles(fast_seconds=0.1)
+def test_a_rarely_sampled_route_whose_cost_changes_tenfold_changes_lane_within_seconds(
+    factor: float,
+) -> None:
+    """A sample every 3 s with a small smoothing: only the time decay moves it in time."""
+    profiles = RouteProfiles(fast_seconds=0.1, smoothing=0.05)
     before, after = (0.03, 0.3) if factor > 1 else (0.3, 0.03)
     now = 0.0
-    for _ in range(50):
-        now += SAMPLE_INTERVAL
+    for _ in range(20):
+        now += 3.0
         profiles.add("/r", 0.0, before, used_db=True, now=now)
     first_lane = profiles.get("/r").lane
     switched = now
     while profiles.get("/r").lane == first_lane:
-        now += SAMPLE_INTERVAL
+        now += 3.0
         profiles.add("/r", 0.0, after, used_db=True, now=now)
-        assert now - switched < 10, "still in its old lane 10 s after the change"
+        assert now - switched <= 10, "still in its old lane 10 s after the change"
 
 
 def test_a_route_enters_the_fast_lane_at_half_the_bound_it_leaves_it_at() -> None:
@@ -234,7 +236,7 @@ def test_a_warm_slow_route_scouts_every_scout_seconds() -> None:
     assert profiles.take_scout(profile, 10.0 + SCOUT_SECONDS)
 
 
-@pytest.mark.parametrize("wall", [0.01, 0.5])
+@pytest.mark.parametrize("wall", [0.05, 0.5])
 def test_fast_cpu_and_exempt_routes_never_scout(wall: float) -> None:
     profiles = RouteProfiles(fast_seconds=0.1)
     profiles.add("/fast", 0.0, 0.01, used_db=True)
