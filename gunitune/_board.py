@@ -25,6 +25,11 @@ _FIELDS = 4
 # A seat whose worker has not written for this long is left out: the worker is
 # gone, or busy in one long piece of CPU work and not accepting anyway.
 STALE_MS = 3000
+# A seat taken by a worker still booting (importing the app) counts as holding
+# nothing, so the workers already up leave it its share of a storm that
+# arrives meanwhile, for at most this long (a boot that failed stops counting).
+BOOT_MS = 10_000
+_CLOSED, _OPEN_NOW, _BOOTING = 0, 1, 2
 
 
 def _now_ms() -> int:
@@ -64,23 +69,27 @@ class LoadBoard:
                 if owner == 0 or owner == pid or not _alive(owner):
                     cells[base + _PID] = pid
                     cells[base + _HELD] = 0
-                    cells[base + _OPEN] = 0
+                    cells[base + _OPEN] = _BOOTING
                     cells[base + _STAMP] = _now_ms()
                     cells[self._high] = max(cells[self._high], index + 1)
                     return Seat(self, index)
         raise RuntimeError(f"no free seat on the load board: more than {self.seats} workers")
 
     def held_by_others(self, index: int) -> list[int]:
-        """Held counts of the other accepting workers that wrote recently."""
+        """Held counts of the other accepting workers that wrote recently, and 0 for
+        each worker still booting."""
         cells = self.cells
-        fresh_after = _now_ms() - STALE_MS
+        now = _now_ms()
         loads = []
         for seat in range(cells[self._high]):
             base = seat * _FIELDS
-            if seat == index or not (cells[base + _PID] and cells[base + _OPEN]):
+            if seat == index or not cells[base + _PID]:
                 continue
-            if cells[base + _STAMP] >= fresh_after:
+            state, stamp = cells[base + _OPEN], cells[base + _STAMP]
+            if state == _OPEN_NOW and stamp >= now - STALE_MS:
                 loads.append(cells[base + _HELD])
+            elif state == _BOOTING and stamp >= now - BOOT_MS:
+                loads.append(0)
         return loads
 
 
@@ -103,7 +112,7 @@ class Seat:
     def set_open(self, accepting: bool) -> None:
         """Whether this worker takes part in accepting (False while it boots or drains)."""
         cells = self.board.cells
-        cells[self._base + _OPEN] = 1 if accepting else 0
+        cells[self._base + _OPEN] = _OPEN_NOW if accepting else _CLOSED
         cells[self._base + _STAMP] = _now_ms()
 
     def others(self) -> list[int]:
@@ -113,5 +122,5 @@ class Seat:
     def leave(self) -> None:
         """Give the seat up (a worker exiting)."""
         cells = self.board.cells
-        cells[self._base + _OPEN] = 0
+        cells[self._base + _OPEN] = _CLOSED
         cells[self._base + _PID] = 0

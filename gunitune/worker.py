@@ -91,7 +91,17 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
                 gevent.get_hub().loop.run_callback(self._begin_drain)
 
     def init_process(self) -> None:
-        """Make the driver green and drop inherited pools, then hand over to Gunicorn."""
+        """Take a seat (booting), make the driver green and drop inherited pools,
+        then hand over to Gunicorn (which loads the app and runs)."""
+        # Before the app's import: the workers already up leave this one its
+        # share of a storm that arrives while it boots.
+        self.seat = self.board.take_seat(self.pid)
+        try:
+            self._init_process()
+        finally:
+            self.seat.leave()
+
+    def _init_process(self) -> None:
         green.make_psycopg2_green()
         if self.cfg.preload_app:
             disposed = engine_facts.dispose_after_fork(engine_facts.find_engines())
@@ -169,7 +179,8 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
     def run(self) -> None:
         """Take a seat on the board, then run Gunicorn's loop with the gated pool."""
         assert self.limiter is not None, "load_wsgi() builds the limiter before run()"
-        self.seat = self.board.take_seat(self.pid)
+        if self.seat is None:  # run() without init_process(): tests
+            self.seat = self.board.take_seat(self.pid)
         self.gate = HeldGate(self.limiter.resolved.max_held, self.seat, self.sockets)
         self.limiter.gate_stats = self.gate.stats
         # Gunicorn builds one Pool(worker_connections) and one StreamServer per

@@ -81,3 +81,38 @@ def test_quick_mixed_io_reports_probe_figures(postgres: PostgresCluster, tmp_pat
     report = (out / "report.md").read_text()
     assert "### mixed-io" in report and "| gunitune | probe /health |" in report
     assert (out / "storm.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_adaptive_scenarios_report_limits(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """knee and switch end to end, small (~1 min): figures present, not their values,
+    which depend on the library under test."""
+    out = tmp_path / "adaptive"
+    argv = ["--scenario", "knee,switch", "--requests", "100", "--switch-seconds", "3",
+            "--switch-clients", "40", "--deadline", "60", "--out", str(out)]  # fmt: skip
+    result = storm.run_benchmark(
+        storm.parse_args(argv), environ={"DATABASE_URL": postgres.url}, quiet=True
+    )
+
+    runs = {(r["config"], r["scenario"]): r for r in result["runs"]}
+    # Without --only they compare hand-tuned with gunitune, like the lanes scenarios.
+    assert set(runs) == {(c, s) for c in ("hand-tuned", "gunitune") for s in ("knee", "switch")}
+    for (config, scenario), run in runs.items():
+        assert not run.get("skipped"), run
+        if scenario == "knee":
+            assert run["storm"]["requests"] == 100
+            assert run["active_queries"]["samples"] > 0
+            assert set(run["probes"]) == {"/health", "/fast"}
+        else:
+            assert [p["kind"] for p in run["switch"]["phases"]] == ["io", "cpu", "io"]
+            assert run["switch"]["per_second"] and run["storm"]["requests"] > 0
+        # Only gunitune has a stats view: its limits per worker, every lane's.
+        assert ("limits" in run) == (config == "gunitune")
+        for worker in run.get("limits", {}).get("workers", {}).values():
+            assert set(worker) == {"t", "fast", "slow", "cpu", "lane"}
+            assert all(v is not None for lane in ("fast", "slow", "cpu") for v in worker[lane])
+    switch_limits = runs["gunitune", "switch"]["limits"]["workers"].values()
+    assert {lane for w in switch_limits for lane in w["lane"]} - {None}  # /work's lane
+    assert len(result["adaptive_checks"]["knee"]) == 3
+    report = (out / "report.md").read_text()
+    assert "### knee" in report and "### switch" in report
+    assert (out / "adaptive.png").read_bytes().startswith(b"\x89PNG")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gunitune import _board
-from gunitune._board import STALE_MS, LoadBoard
+from gunitune._board import BOOT_MS, STALE_MS, LoadBoard
 
 OTHER_PID = os.getppid()  # a live process that is not this one
 
@@ -34,10 +34,12 @@ def test_a_worker_sees_what_the_other_open_workers_hold() -> None:
     other = board.take_seat(OTHER_PID)
     other.publish(7)
     mine.publish(3)
-    assert mine.others() == []  # the other worker does not accept yet (booting)
+    # Booting: not accepting yet, and counted as holding nothing, so this worker
+    # leaves it its share of a storm that arrives meanwhile.
+    assert mine.others() == [0]
     other.set_open(True)
     assert mine.others() == [7]
-    assert other.others() == []  # mine is not open
+    assert other.others() == [0]  # mine is still booting
     mine.set_open(True)
     assert other.others() == [3]
 
@@ -72,7 +74,7 @@ def test_a_dead_worker_seat_is_taken_by_a_new_worker() -> None:
     gone.publish(9)
     new = board.take_seat(os.getpid())
     assert new.index == gone.index
-    assert board.take_seat(OTHER_PID).others() == []  # the new seat starts closed and empty
+    assert board.take_seat(OTHER_PID).others() == [0]  # the new seat starts booting, empty
 
 
 def test_a_left_seat_is_reused_and_not_listed() -> None:
@@ -114,3 +116,14 @@ def test_a_forked_worker_writes_where_the_master_reads() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     # The worker exited, but its last write is fresh: shared, not copied on write.
     assert master_view.others() == [42]
+
+
+def test_a_booting_seat_stops_counting_after_boot_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose boot failed without leaving its seat cannot hold the others back."""
+    board = LoadBoard(seats=4)
+    mine = board.take_seat(os.getpid())
+    board.take_seat(OTHER_PID)
+    assert mine.others() == [0]
+    later = _board._now_ms() + BOOT_MS + 1
+    monkeypatch.setattr(_board, "_now_ms", lambda: later)
+    assert mine.others() == []
