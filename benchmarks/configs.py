@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from benchmarks.server import control_socket_disable_args, stock_args
 
 __all__ = [
+    "ADAPTIVE",
+    "ADAPTIVE_SCENARIOS",
     "CONFIG_NAMES",
     "DEFAULTS",
     "DEMO",
@@ -30,6 +32,7 @@ __all__ = [
     "PROBES",
     "QUICK",
     "SCENARIO_NAMES",
+    "STATS_PATH",
     "BenchSettings",
     "Scenario",
     "ServerConfig",
@@ -42,9 +45,14 @@ __all__ = [
 CONFIG_NAMES = ("stock", "hand-tuned", "gunitune")
 # The lanes scenarios (benchmarks/README.md): does a cheap request get through?
 LANE_SCENARIOS = ("mixed-io", "mixed-cpu", "burst", "hello-wrk")
-SCENARIO_NAMES = ("io", "cpu", "mixed", "hello", *LANE_SCENARIOS)
-# What the lanes scenarios compare unless --only says otherwise (stock is optional).
+# The adaptive-limit scenarios (benchmarks/README.md): do the lane limits find the knee
+# of the database and follow a route that changes cost?
+ADAPTIVE_SCENARIOS = ("knee", "switch")
+SCENARIO_NAMES = ("io", "cpu", "mixed", "hello", *LANE_SCENARIOS, *ADAPTIVE_SCENARIOS)
+# What the lanes and adaptive scenarios compare unless --only says otherwise.
 LANE_CONFIGS = ("hand-tuned", "gunitune")
+# Where gunitune's stats view answers in the adaptive scenarios (their limits over time).
+STATS_PATH = "/_gunitune/stats"
 IO_BODY = b"hello there!\n"
 FAST_BODY = b"1\n"
 HEALTH_BODY = b"ok\n"
@@ -82,6 +90,11 @@ class BenchSettings:
     burst_requests: int = 10_000
     burst_io_seconds: float = 0.4
     wrk_rounds: int = 3  # hello-wrk: alternating runs per configuration
+    dbcpu_rows: int = 300_000  # knee: /dbcpu's generate_series length (~25 ms of DB CPU)
+    switch_seconds: float = 20.0  # switch: length of each phase (io, cpu, io)
+    switch_clients: int = 200  # switch: closed-loop clients, one request at a time each
+    switch_io_seconds: float = 0.2  # switch: pg_sleep of /work?kind=io
+    stats_path: str = ""  # gunitune's GUNITUNE_STATS_PATH (set by the adaptive scenarios)
 
     @property
     def connections_per_worker(self) -> int:
@@ -128,6 +141,11 @@ DEMO = dataclasses.replace(
     global_deadline=600.0,
 )
 
+# The adaptive scenarios alone (no --quick/--demo): knee's storm of 1500 /dbcpu
+# queries (~25 ms of DB CPU each) on 3 workers x (4 + 6) connections, so the
+# hand-tuned fix runs up to 30 queries at once on 2 cores.
+ADAPTIVE = dataclasses.replace(DEFAULTS, requests=1500, pool_size=4, max_overflow=6)
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -148,6 +166,7 @@ def demo_env(s: BenchSettings) -> dict[str, str]:
         "DEMO_POOL_TIMEOUT": str(s.pool_timeout),
         "DEMO_IO_SECONDS": str(s.io_seconds),
         "DEMO_CPU_LOOP": str(s.cpu_loop),
+        "DEMO_DBCPU_ROWS": str(s.dbcpu_rows),
         # psycogreen's patch, as any gevent + psycopg2 app has it: the configurations
         # differ in Gunicorn settings and gunitune, not in whether the driver blocks.
         "DEMO_GREEN": "on",
@@ -170,6 +189,8 @@ def build_configs(
     }
     if s.workers is not None:
         gunitune_env["GUNITUNE_WORKERS"] = str(s.workers)
+    if s.stats_path:
+        gunitune_env["GUNITUNE_STATS_PATH"] = s.stats_path
     configs = [
         ServerConfig(
             "stock",
@@ -242,6 +263,11 @@ def make_scenario(name: str, s: BenchSettings) -> Scenario:
         return Scenario(name, "/io", IO_BODY)
     if name == "hello-wrk":
         return Scenario(name, "/hello", IO_BODY, closed_loop=True)
+    if name == "knee":
+        return Scenario(name, "/dbcpu", f"{max(s.dbcpu_rows, 0)}\n".encode(), probes=PROBES)
+    if name == "switch":
+        # Its path takes ?kind=io or ?kind=cpu by phase; each kind has its own body.
+        return Scenario(name, "/work", IO_BODY)
     raise ValueError(f"unknown scenario {name!r}: expected one of {', '.join(SCENARIO_NAMES)}")
 
 
@@ -253,7 +279,16 @@ def scenario_settings(
     ``burst`` has its own storm size and IO time; ``mixed-cpu`` its own loop
     (``cpu_loop``, calibrated by the caller); ``hello-wrk`` pins both
     configurations to the same worker count, which an overhead figure needs.
+    ``knee`` and ``switch`` open gunitune's stats view (their limits over time);
+    ``switch`` has its own IO time and the calibrated loop too.
     """
+    if name == "knee":
+        return dataclasses.replace(s, stats_path=STATS_PATH)
+    if name == "switch":
+        loop = cpu_loop if cpu_loop is not None else s.cpu_loop
+        return dataclasses.replace(
+            s, stats_path=STATS_PATH, io_seconds=s.switch_io_seconds, cpu_loop=loop
+        )
     if name == "burst":
         return dataclasses.replace(s, requests=s.burst_requests, io_seconds=s.burst_io_seconds)
     if name == "mixed-cpu" and cpu_loop is not None:

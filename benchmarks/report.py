@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.adaptive_report import adaptive_sections, plot_adaptive
 from benchmarks.configs import LANE_SCENARIOS
 from benchmarks.lanes_report import draw_panels, lane_sections
 from benchmarks.report_format import fmt_rate, fmt_seconds, kinds, table
@@ -81,6 +82,7 @@ def render_report(result: dict[str, Any]) -> str:
         "",
         *table(SERVER_HEADER, server_rows),
         *lane_sections(result),
+        *adaptive_sections(result),
         "",
         *_notes(result),
     ]
@@ -191,15 +193,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> str:
-    """Write ``report.md`` and ``storm.png`` into ``out_dir``; return the markdown."""
+    """Write ``report.md``, ``storm.png`` (and ``adaptive.png`` for knee/switch) into
+    ``out_dir``; return the markdown."""
     text = render_report(result)
     (out_dir / "report.md").write_text(text)
     plot(result, out_dir / "storm.png")
+    plot_adaptive(result, out_dir / "adaptive.png")
     return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Redraw ``report.md`` and ``storm.png`` from a results directory's ``result.json``."""
+    """Redraw ``report.md`` and the plots from a results directory's ``result.json``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m benchmarks.report results/<timestamp>", file=sys.stderr)

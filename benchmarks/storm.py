@@ -1,11 +1,12 @@
 """``python -m benchmarks.storm``: the seed's curl storm, repeatable and side by side.
 
 The seed was ``for i in $(seq 1 3000); do curl localhost:8001/io & done; time wait``.
-This runs that storm (and a CPU-bound one, a mixed one and a trivial one) against
-each configuration in :mod:`benchmarks.configs`, one after another on an idle
-machine, with a throwaway PostgreSQL unless ``DATABASE_URL`` is set, and writes
-``result.json``, ``report.md`` and ``storm.png`` under ``--out``. See
-benchmarks/README.md for what each figure means.
+This runs that storm (and a CPU-bound one, a mixed one, a trivial one, the lanes
+and the adaptive-limit scenarios) against each configuration in
+:mod:`benchmarks.configs`, one after another on an idle machine, with a throwaway
+PostgreSQL unless ``DATABASE_URL`` is set, and writes ``result.json``,
+``report.md`` and ``storm.png`` (and ``adaptive.png`` for knee/switch) under
+``--out``. See benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from typing import Any
 
 import psycopg2
 
+from benchmarks import adaptive, lanes, report
 from benchmarks import configs as cfg
-from benchmarks import lanes, report
+from benchmarks.adaptive_figures import checks
 from benchmarks.configs import BenchSettings
 from benchmarks.lanes_wrk import run_hello_wrk
 from benchmarks.postgres import start_cluster
@@ -98,6 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument(
         "--wrk-seconds", type=float, dest="wrk_duration", help=f"wrk run ({d.wrk_duration:g})"
     )
+    p.add_argument("--dbcpu-rows", type=int, help=f"knee: /dbcpu rows ({d.dbcpu_rows})")
+    p.add_argument("--switch-seconds", type=float, help=f"switch: phase ({d.switch_seconds:g})")
+    p.add_argument("--switch-clients", type=int, help=f"switch: clients ({d.switch_clients})")
+    p.add_argument(
+        "--switch-io-seconds", type=float, help=f"switch: kind=io ({d.switch_io_seconds:g})"
+    )
     p.add_argument("--only", action="append", metavar="CONFIG", help=", ".join(cfg.CONFIG_NAMES))
     p.add_argument("--scenario", action="append", help=", ".join(cfg.SCENARIO_NAMES) + " (io,cpu)")
     p.add_argument("--out", type=Path, help="results directory (results/<UTC timestamp>/)")
@@ -106,18 +114,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     args = p.parse_args(argv)
     if args.quick and args.demo:
         p.error("--quick and --demo are two presets: choose one")
-    base = cfg.QUICK if args.quick else cfg.DEMO if args.demo else cfg.DEFAULTS
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(BenchSettings)
-        if getattr(args, f.name, None) is not None
-    }
-    settings = dataclasses.replace(base, **given)
-    counts = (settings.requests, settings.burst_requests, settings.wrk_rounds)
-    if min(counts) < 1 or (settings.workers is not None and settings.workers < 1):
-        p.error("--requests, --burst-requests, --wrk-rounds and --workers must be >= 1")
-    if settings.probe_rate <= 0 or settings.mixed_cpu_seconds <= 0:
-        p.error("--probe-rate and --mixed-cpu-seconds must be > 0")
     try:
         configs = _names(
             args.only, cfg.CONFIG_NAMES, cfg.LANE_CONFIGS if args.demo else cfg.CONFIG_NAMES
@@ -126,6 +122,29 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         scenarios = _names(args.scenario, cfg.SCENARIO_NAMES, default)
     except ValueError as exc:
         p.error(str(exc))
+    # knee and switch alone have their own sizes (README), unless a preset is asked for.
+    adaptive_only = set(scenarios) <= set(cfg.ADAPTIVE_SCENARIOS)
+    base = (
+        cfg.QUICK if args.quick else cfg.DEMO if args.demo
+        else cfg.ADAPTIVE if adaptive_only else cfg.DEFAULTS
+    )  # fmt: skip
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(BenchSettings)
+        if getattr(args, f.name, None) is not None
+    }
+    settings = dataclasses.replace(base, **given)
+    counts = (settings.requests, settings.burst_requests, settings.wrk_rounds,
+              settings.switch_clients)  # fmt: skip
+    if min(counts) < 1 or (settings.workers is not None and settings.workers < 1):
+        p.error(
+            "--requests, --burst-requests, --wrk-rounds, --switch-clients and --workers"
+            " must be >= 1"
+        )
+    if min(settings.probe_rate, settings.mixed_cpu_seconds, settings.switch_seconds) <= 0:
+        p.error("--probe-rate, --mixed-cpu-seconds and --switch-seconds must be > 0")
+    if settings.dbcpu_rows < 0 or settings.switch_io_seconds < 0:
+        p.error("--dbcpu-rows and --switch-io-seconds must be >= 0")
     given_argv = tuple(sys.argv[1:] if argv is None else argv)
     return Options(settings, configs, scenarios, args.out, given_argv, bool(args.only))
 
@@ -201,16 +220,18 @@ def run_benchmark(
             cpu, spread = _cpu_figures(loop)
             result["mixed_cpu"] = {"cpu_loop": loop, "cpu_seconds_per_request": cpu,
                                    "cpu_samples": spread}  # fmt: skip
+        result.update(adaptive.prepare(options.scenarios, s, url, result.get("mixed_cpu")))
         for scen_name in options.scenarios:
-            loop = result.get("mixed_cpu", {}).get("cpu_loop")
-            ss = cfg.scenario_settings(scen_name, s, cpus.count, loop)
+            calibrated = result.get("switch_cpu" if scen_name == "switch" else "mixed_cpu", {})
+            ss = cfg.scenario_settings(scen_name, s, cpus.count, calibrated.get("cpu_loop"))
             base, own = dataclasses.asdict(s), dataclasses.asdict(ss)
             if own != base:  # the report names what this scenario ran with instead
                 result.setdefault("scenario_settings", {})[scen_name] = {
                     k: v for k, v in own.items() if base[k] != v
                 }
             names = options.configs
-            if scen_name in cfg.LANE_SCENARIOS and not options.configs_given:
+            lane_like = (*cfg.LANE_SCENARIOS, *cfg.ADAPTIVE_SCENARIOS)
+            if scen_name in lane_like and not options.configs_given:
                 names = tuple(n for n in names if n in cfg.LANE_CONFIGS)
             scen_servers = cfg.build_configs(ss, cpus.count, names)
             if scen_name == "hello-wrk":
@@ -220,21 +241,21 @@ def run_benchmark(
                 _save(result, out_dir)
                 continue
             scenario = cfg.make_scenario(scen_name, ss)
-            cpu = (result["mixed_cpu"] if scen_name == "mixed-cpu" else result)[
-                "cpu_seconds_per_request"
-            ]
+            per_request = adaptive.seconds_per_request(scen_name, result)
             for server in scen_servers:
                 remaining = s.global_deadline - (time.monotonic() - started) - _WRAP_UP_SECONDS
                 run = run_one(
                     server, scenario, ss, url,
                     deadline=min(s.deadline, remaining),
                     log_path=out_dir / "logs" / f"{server.name}-{scen_name}.log",
-                    cpu_seconds=cpu,
+                    cpu_seconds=per_request,
                     cores=cpus.count,
                     own_cluster=cluster is not None,
-                    measure=lanes.measure_for(scen_name),
+                    measure=lanes.measure_for(scen_name) or adaptive.measure_for(scen_name),
                 )  # fmt: skip
                 result["runs"].append(run)
+                if scen_name in cfg.ADAPTIVE_SCENARIOS:
+                    result["adaptive_checks"] = checks(result)
                 _save(result, out_dir)
         text = report.write_report(result, out_dir)
         if not quiet:

@@ -1,4 +1,4 @@
-"""The seed's demo app: an IO-bound route, a CPU-bound route and a fast one.
+"""The seed's demo app: an IO-bound route, a CPU-bound route, a fast one and a few more.
 
 ``gunicorn -c python:gunitune.conf demo_app:app``. Durations scale by
 environment so tests and benchmarks can run the same storm smaller:
@@ -6,6 +6,10 @@ environment so tests and benchmarks can run the same storm smaller:
 * ``DATABASE_URL`` (required): ``postgres://``, ``postgresql://`` or with a driver.
 * ``DEMO_IO_SECONDS`` (default 5): ``GET /io`` runs ``SELECT pg_sleep(DEMO_IO_SECONDS)``.
 * ``DEMO_CPU_LOOP`` (default 100000000): ``GET /cpu`` returns ``str(sum(range(DEMO_CPU_LOOP)))``.
+* ``DEMO_DBCPU_ROWS`` (default 300000): ``GET /dbcpu`` returns
+  ``SELECT count(*) FROM generate_series(1, DEMO_DBCPU_ROWS)``, CPU spent in PostgreSQL.
+* ``GET /work?kind=io`` is ``/io``'s query, ``GET /work?kind=cpu`` is ``/cpu``'s loop:
+  one route whose cost changes with its parameter.
 * ``DEMO_POOL_SIZE`` / ``DEMO_MAX_OVERFLOW`` / ``DEMO_POOL_TIMEOUT``: the engine's
   pool (SQLAlchemy's defaults 5 / 10 / 30 when unset).
 * ``DEMO_GUNITUNE`` (default on): attach the gunitune extension; ``off`` serves the

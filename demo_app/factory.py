@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flask import Flask, Response
+from flask import Flask, Response, abort, request
 from flask_sqlalchemy import SQLAlchemy
 from gevent import monkey
 from sqlalchemy import text
@@ -47,6 +47,8 @@ class DemoConfig:
     database_url: str
     io_seconds: float = 5.0
     cpu_loop: int = 100_000_000
+    # /dbcpu's generate_series length: about 25 ms of PostgreSQL CPU per query.
+    dbcpu_rows: int = 300_000
     pool_size: int = 5
     max_overflow: int = 10
     pool_timeout: float = 30.0
@@ -68,6 +70,7 @@ class DemoConfig:
             database_url=url,
             io_seconds=_number(environ, "DEMO_IO_SECONDS", 5.0, integer=False),
             cpu_loop=int(_number(environ, "DEMO_CPU_LOOP", 100_000_000, integer=True)),
+            dbcpu_rows=int(_number(environ, "DEMO_DBCPU_ROWS", 300_000, integer=True)),
             pool_size=int(_number(environ, "DEMO_POOL_SIZE", 5, integer=True)),
             # -1 is SQLAlchemy's "unlimited overflow"; anything below is a mistake.
             max_overflow=-1
@@ -110,6 +113,27 @@ def create_app(config: DemoConfig) -> Flask:
     def fast_route() -> str:
         with db.engine.connect() as conn:
             return str(conn.execute(text("SELECT 1")).scalar()) + "\n"
+
+    # CPU spent by PostgreSQL, not by the worker: the knee benchmark's load, where
+    # more queries at once only slow every one of them down.
+    @app.get("/dbcpu")
+    def dbcpu_route() -> str:
+        with db.engine.connect() as conn:
+            sql = text("SELECT count(*) FROM generate_series(1, :n)")
+            return str(conn.execute(sql, {"n": config.dbcpu_rows}).scalar()) + "\n"
+
+    # One route whose cost depends on a parameter: gunitune learns one profile for
+    # it, which the switch benchmark turns from IO-bound to CPU-bound and back.
+    @app.get("/work")
+    def work_route() -> str:
+        kind = request.args.get("kind", "io")
+        if kind == "io":
+            with db.engine.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(:s)"), {"s": config.io_seconds})
+            return IO_BODY
+        if kind == "cpu":
+            return str(sum(range(config.cpu_loop)))
+        abort(400, description="kind must be io or cpu")
 
     @app.get("/hello")
     def hello_route() -> str:
