@@ -43,12 +43,6 @@ DECAY_SECONDS = 2.0
 SCOUT_SECONDS = 5.0
 # A fast route takes at most this share of the slowest other database route.
 SLOWER = 0.25
-# Lanes follow what a route costs when things go well (a time-decayed low of its
-# wall time): a fast query slowed by a storm's contention stays a fast query, and
-# a 30 ms one stays apart from 1 ms ones. A low falls at once and rises towards
-# higher samples with this time constant: a route whose cost grew tenfold leaves
-# the fast lane within a few seconds.
-LOW_RISE_SECONDS = 10.0
 
 
 @dataclass
@@ -58,7 +52,6 @@ class RouteProfile:
     cpu_ratio: float = 0.0
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
-    wall_low: float = 0.0  # what a request takes when things go well: sets its lane
     samples: int = 0
     seen: int = 0
     no_db_streak: int = 0
@@ -76,18 +69,14 @@ class RouteProfile:
         ratio = min(1.0, cpu_seconds / wall_seconds) if wall_seconds > 0 else 0.0
         if self.samples == 0:
             self.cpu_ratio, self.cpu_seconds, self.wall_seconds = ratio, cpu_seconds, wall_seconds
-            self.wall_low = wall_seconds
         else:
-            weight, rise = smoothing, smoothing
+            weight = smoothing
             if now is not None and self.added_at is not None:
                 elapsed = max(0.0, now - self.added_at)
                 weight = max(smoothing, 1.0 - math.exp(-elapsed / DECAY_SECONDS))
-                rise = 1.0 - math.exp(-elapsed / LOW_RISE_SECONDS)
             self.cpu_ratio += weight * (ratio - self.cpu_ratio)
             self.cpu_seconds += weight * (cpu_seconds - self.cpu_seconds)
             self.wall_seconds += weight * (wall_seconds - self.wall_seconds)
-            low = self.wall_low
-            self.wall_low = min(wall_seconds, low + rise * (wall_seconds - low))
         self.samples += 1
         if now is not None:
             self.added_at = now
@@ -194,7 +183,7 @@ class RouteProfiles:
             bound = min(self.fast_seconds, SLOWER * self._slowest_other(profile))
             if profile.db_lane != FAST:
                 bound /= 2
-            profile.db_lane = FAST if profile.wall_low <= bound else SLOW
+            profile.db_lane = FAST if profile.wall_seconds <= bound else SLOW
         cpu_bound = (
             profile.cpu_ratio > self.threshold and profile.cpu_seconds >= self.min_cpu_seconds
         )
@@ -202,7 +191,7 @@ class RouteProfiles:
 
     def _slowest_other(self, profile: RouteProfile) -> float:
         walls = (
-            p.wall_low
+            p.wall_seconds
             for p in self.routes.values()
             if p is not profile and p.samples and p.db_lane != EXEMPT
         )
@@ -216,7 +205,6 @@ class RouteProfiles:
                 "cpu_ratio": round(p.cpu_ratio, 3),
                 "cpu_ms": round(p.cpu_seconds * 1000, 2),
                 "wall_ms": round(p.wall_seconds * 1000, 2),
-                "wall_low_ms": round(p.wall_low * 1000, 2),
                 "samples": p.samples,
                 "requests": p.seen,
             }

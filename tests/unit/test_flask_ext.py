@@ -846,7 +846,6 @@ def test_stats_shape(tmp_path: Path, made: Made) -> None:
         "cpu_ratio",
         "cpu_ms",
         "wall_ms",
-        "wall_low_ms",
         "samples",
         "requests",
     }
