@@ -40,9 +40,7 @@ DECAY_SECONDS = 2.0
 # measured: while warming up, then every SCOUT_SECONDS. Without it, a fast
 # route measured slow once (its first request met a storm) would queue behind
 # the storm, and never be measured again before the storm ends.
-SCOUT_SECONDS = 5.0
-# A fast route takes at most this share of the slowest other database route.
-SLOWER = 0.25
+SCOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -175,27 +173,15 @@ class RouteProfiles:
         if profile.no_db_streak >= NO_DB_STREAK:
             profile.db_lane = EXEMPT
         else:
-            # Fast: short, and short beside the slowest other database route
-            # (a 30 ms query is not fast beside 1 ms ones: in one lane they would
-            # queue together). Hysteresis: a route enters the fast lane at half
-            # the bound it leaves it at, so one near the bound does not flap
-            # (each move sends its queued requests to the back of the other lane).
-            bound = min(self.fast_seconds, SLOWER * self._slowest_other(profile))
-            if profile.db_lane != FAST:
-                bound /= 2
+            # Hysteresis: a route enters the fast lane at half the bound it
+            # leaves it at, so one near the bound does not flap (each move
+            # sends its queued requests to the back of the other lane).
+            bound = self.fast_seconds if profile.db_lane == FAST else self.fast_seconds / 2
             profile.db_lane = FAST if profile.wall_seconds <= bound else SLOW
         cpu_bound = (
             profile.cpu_ratio > self.threshold and profile.cpu_seconds >= self.min_cpu_seconds
         )
         profile.lane = CPU if cpu_bound else profile.db_lane
-
-    def _slowest_other(self, profile: RouteProfile) -> float:
-        walls = (
-            p.wall_seconds
-            for p in self.routes.values()
-            if p is not profile and p.samples and p.db_lane != EXEMPT
-        )
-        return max(walls, default=math.inf)
 
     def snapshot(self) -> dict[str, dict[str, float | int | str]]:
         """The profiles as plain data, for stats."""

@@ -214,19 +214,6 @@ def test_a_route_enters_the_fast_lane_at_half_the_bound_it_leaves_it_at() -> Non
     assert profiles.add("/r", 0.0, 0.05, used_db=True) == FAST
 
 
-def test_a_short_route_is_not_fast_beside_much_shorter_ones() -> None:
-    """30 ms is fast alone, but in one lane with 1 ms queries they would queue together."""
-    profiles = RouteProfiles(fast_seconds=0.1, smoothing=1.0)
-    assert profiles.add("/report", 0.0, 0.03, used_db=True) == FAST  # alone: fast
-    assert profiles.add("/ping", 0.0, 0.001, used_db=True) == FAST
-    assert profiles.add("/report", 0.0, 0.03, used_db=True) == SLOW  # beside /ping
-    assert profiles.add("/ping", 0.0, 0.001, used_db=True) == FAST
-    for _ in range(NO_DB_STREAK):  # a route without database work does not count
-        profiles.add("/ping", 0.0, 0.001, used_db=False)
-    assert profiles.add("/report", 0.0, 0.06, used_db=True) == SLOW  # enters at 0.05 only
-    assert profiles.add("/report", 0.0, 0.03, used_db=True) == FAST
-
-
 def test_a_slow_route_scouts_one_request_at_a_time_while_warming_up() -> None:
     profiles = RouteProfiles(fast_seconds=0.1)
     profiles.add("/r", 0.0, 0.5, used_db=True, now=0.0)
