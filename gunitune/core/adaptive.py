@@ -60,7 +60,9 @@ PROBE_MOST_SKIPPED = 8  # a baseline confirmed again and again: every 8 periods
 PROBE_START_WINDOW = 0.25  # a probe may start this long after its period's start
 PROBE_CONFIRMS = 1.5  # a lone hold within this factor of the baseline confirms it
 PROBE_SHORTEST = 0.25  # a probe lasts at least this many seconds...
-PROBE_LONGEST = 5.0  # ...and at most this many
+PROBE_LONGEST = 5.0  # ...and at most this many (a first guess: the drain is unknown)
+DOUBT_PROBE_LONGEST = 1.5  # a doubtful baseline: holds slowed by the event loop, not the database,
+# would make the drain look long (a CPU storm ending), and the whole worker waits meanwhile
 CHEAPER = 1 / 3  # a hold below this x a measured baseline lowers it at once
 RECENT_SECONDS = 10.0  # routes seen this recently count for a probe's drain time
 SIGNIFICANT = 0.1  # a route whose holds are below this x the longest recent one is not probed
@@ -244,7 +246,8 @@ class DatabaseLimit:
         # probes started together: one worker refilling the database while
         # another measures would slow the other's lone request.
         longest = max(self._recent_holds(sample.now))
-        window = min(self.probe_longest, max(PROBE_SHORTEST, 2 * longest + known.recent))
+        cap = self.probe_longest if not known.lone else min(self.probe_longest, DOUBT_PROBE_LONGEST)
+        window = min(cap, max(PROBE_SHORTEST, 2 * longest + known.recent))
         self.probe = _Probe(
             sample.route,
             self._level,

@@ -15,6 +15,7 @@ import pytest
 
 from gunitune.core.adaptive import (
     BETA,
+    DOUBT_PROBE_LONGEST,
     DROP_BACKOFF,
     PROBE_LONGEST,
     PROBE_PERIOD,
@@ -362,3 +363,14 @@ def test_an_expired_probe_ends_without_a_sample() -> None:
     assert limit.tick(1.1) == limit.floor
     assert limit.tick(1.0 + PROBE_LONGEST) == 10
     assert limit.probe is None
+
+
+def test_a_doubt_probe_is_short_even_when_holds_look_long() -> None:
+    """Holds slowed by the event loop (a CPU storm ending) must not stretch it to seconds."""
+    limit = DatabaseLimit(ceiling=10)
+    lone(limit, "/r", 0.2)
+    for i in range(5):  # holds of 3 s: a drain estimate of seconds
+        limit.on_sample(Sample("/r", 3.0, 10, 2.0 + i / 10))
+    limit.on_sample(Sample("/r", 3.0, limit.limit, PROBE_PERIOD))
+    assert limit.probe is not None
+    assert limit.probe.until <= PROBE_PERIOD + PROBE_START_WINDOW + DOUBT_PROBE_LONGEST
