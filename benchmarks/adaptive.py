@@ -11,11 +11,13 @@ and follow a route whose cost changes?
   ``/work?kind=io`` for ``switch_seconds``, then ``kind=cpu``, then ``kind=io``
   again: how long the throughput takes to settle after each switch.
 
-For gunitune both poll its stats view (``configs.STATS_PATH``) for every
-worker's lane limits over time. Each is a :data:`benchmarks.runner.Measure`:
-:func:`benchmarks.runner.run_one` starts, warms up, stops and drains the server
-around it. Figures: :mod:`benchmarks.adaptive_figures`; report and plot:
-:mod:`benchmarks.adaptive_report`.
+For gunitune both poll its stats view (``configs.STATS_PATH``) for the lane
+limits of the worker that answers; every worker's database limit (and
+``/work``'s lane) over time is read back from the server log at report time
+(:mod:`benchmarks.adaptive_log`), from the run's ``load_wall_start``. Each is a
+:data:`benchmarks.runner.Measure`: :func:`benchmarks.runner.run_one` starts,
+warms up, stops and drains the server around it. Figures:
+:mod:`benchmarks.adaptive_figures`; report and plot: :mod:`benchmarks.adaptive_report`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from benchmarks.probes import Progress, ServerProbe, cpu_samples
 from benchmarks.runner import HOST, Measure, server_figures
 from benchmarks.server import GunicornProcess
 
-__all__ = ["measure_for", "measure_knee", "measure_switch", "prepare", "seconds_per_request"]
+__all__ = [
+    "measure_for",
+    "measure_knee",
+    "measure_switch",
+    "prepare",
+    "seconds_per_request",
+    "wall_clock",
+]
 
 KINDS = ("io", "cpu", "io")  # switch: the phases, in order
 # switch: a client whose request failed waits this long before its next one, so a
@@ -89,6 +98,11 @@ def _limits_poller(server: GunicornProcess, route: str | None) -> LimitsPoller |
     return LimitsPoller(server.port, path, route) if path else None
 
 
+def wall_clock(monotonic: float) -> float:
+    """``time.time()`` at an earlier ``time.monotonic()`` instant: the server log's clock."""
+    return time.time() - (time.monotonic() - monotonic)
+
+
 def _limit_figures(poller: LimitsPoller | None, t0: float) -> dict[str, Any] | None:
     if poller is None:
         return None
@@ -125,6 +139,7 @@ def measure_knee(
     limit = sf.cpu_limit(cores, db_seconds) if db_seconds else None
     run["storm"] = {**sf.request_figures(storm, limit), "failure_kinds": lf.failure_kinds(storm)}
     t0 = min(r.started for r in storm)
+    run["load_wall_start"] = wall_clock(t0)
     run["probes"] = {path: lf.probe_figures(res, t0) for path, res in probes.items()}
     end = max(r.finished for r in storm)
     run["active_queries"] = {**af.active_figures(active.samples, t0, end),
@@ -202,6 +217,7 @@ def measure_switch(
         probe.stop()
     run = server_figures(server, probe, s, boots_before)
     run["path"] = scen.path
+    run["load_wall_start"] = wall_clock(t0)
     run["storm"] = {**sf.request_figures(results, None), "failure_kinds": lf.failure_kinds(results)}
     timed = [(r.started - t0, r.finished - t0, sf.is_valid(r)) for r in results]
     run["switch"] = {

@@ -1,16 +1,18 @@
 """The adaptive scenarios' part of the report: their tables, checks and ``adaptive.png``.
 
 Called by :mod:`benchmarks.report` for the runs of ``knee`` and ``switch``; reads
-only ``result.json`` material, so ``python -m benchmarks.report <dir>`` redraws it.
+only ``result.json`` material and the server logs it names, so
+``python -m benchmarks.report <dir>`` redraws it. The plot: :mod:`benchmarks.adaptive_plot`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from benchmarks import adaptive_figures as af
+from benchmarks import adaptive_log as alog
+from benchmarks.adaptive_plot import LANE_ORDER, plot_adaptive
 from benchmarks.configs import ADAPTIVE_SCENARIOS
 from benchmarks.report_format import fmt_rate, fmt_seconds, kinds, table
 
@@ -25,35 +27,40 @@ SWITCH_HEADER = (
     "| config | phase | seconds | requests | valid 200 | steady/s | best/s | settle"
     " | WORKER TIMEOUT | /work lanes seen |"
 )
-LANE_ORDER = ("exempt", "fast", "slow", "cpu")
-CONFIG_COLOURS = {"stock": "tab:red", "hand-tuned": "tab:orange", "gunitune": "tab:green"}
-LANE_STYLES = {"fast": "-", "slow": "-", "cpu": ":"}
-
-
-def _nan(values: Iterable[Any]) -> list[float]:
-    # A missing sample is a gap in the line, not a crash in matplotlib.
-    return [float("nan") if v is None else float(v) for v in values]
 
 
 def _num(value: float | None, digits: str = ".1f") -> str:
     return "-" if value is None else format(value, digits)
 
 
+def _range(name: str, values: Iterable[Any]) -> list[str]:
+    found = [v for v in values if v is not None]
+    if not found:
+        return []
+    low, high = min(found), max(found)
+    return [f"{name} {low}" if low == high else f"{name} {low}–{high}"]
+
+
 def _limits_seen(run: dict[str, Any]) -> str:
-    """``fast 2–4, slow 3–10, cpu 1`` over every worker's samples; ``-`` without any."""
+    """``database 1–10 (log), cpu 1`` or, without log lines, ``fast 2–4, slow 3–10, cpu 1``
+    over every stats sample; ``-`` without any."""
     workers = run.get("limits", {}).get("workers", {}).values()
-    parts = []
-    for lane in af.LIMIT_LANES:
-        values = [v for w in workers for v in w[lane] if v is not None]
-        if values:
-            low, high = min(values), max(values)
-            parts.append(f"{lane} {low}" if low == high else f"{lane} {low}–{high}")
+    logged = alog.run_log_series(run)["limits"].values()
+    parts = _range("database", (v for w in logged for v in w["value"]))
+    if parts:
+        parts[0] += " (log)"
+    for lane in af.LIMIT_LANES if not parts else ("cpu",):
+        parts += _range(lane, (v for w in workers for v in w[lane]))
     return ", ".join(parts) or "-"
 
 
 def _lanes_seen(run: dict[str, Any]) -> str:
-    workers = run.get("limits", {}).get("workers", {}).values()
-    seen = {lane for w in workers for lane in w["lane"] if lane is not None}
+    """The lanes the route was in: from the log's ``route_lane`` lines, else the stats."""
+    logged = alog.run_log_series(run)["lanes"].values()
+    seen = {lane for w in logged for lane in w["value"]}
+    if not seen:
+        workers = run.get("limits", {}).get("workers", {}).values()
+        seen = {lane for w in workers for lane in w["lane"]}
     return ", ".join(lane for lane in LANE_ORDER if lane in seen) or "-"
 
 
@@ -101,13 +108,25 @@ def _source_note(runs: Sequence[dict[str, Any]]) -> list[str]:
     for run in runs:
         for key, n in run.get("limits", {}).get("sources", {}).items():
             sources[key] = sources.get(key, 0) + n
+    events = sum(alog.run_log_series(run)["events"] for run in runs)
+    if events:
+        log = (
+            f"Database limits per worker (table, adaptive.png): {events} `db_limit` lines "
+            "of the server log, each worker logging a change at most once a second."
+        )
+    else:
+        log = (
+            "No `db_limit` lines in the server log (or no `load_wall_start`): limits per "
+            "worker are the stats polls', which mostly reach the least loaded worker."
+        )
     if not sources:
-        return []
+        return ["", log] if events else []
     if sources.get("fallback"):
         return ["", f"Lane limits: {sources['fallback']} of {sum(sources.values())} stats "
                 "answers had no `limiter.lanes.<lane>.limit`; shown instead: `db_limit` "
-                "(fast, slow) and `cpu_concurrency` (cpu)."]  # fmt: skip
-    return ["", f"Lane limits: `limiter.lanes.<lane>.limit`, {sources['lanes']} stats answers."]
+                "(fast, slow) and `cpu_concurrency` (cpu).", "", log]  # fmt: skip
+    return ["", f"Lane limits: `limiter.lanes.<lane>.limit`, {sources['lanes']} stats answers.",
+            "", log]  # fmt: skip
 
 
 def _drain_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -171,86 +190,3 @@ def adaptive_sections(result: dict[str, Any]) -> list[str]:
                 lines += _check_lines(checks, f"{config}: ")
         lines += _source_note(done)
     return lines
-
-
-def _worker_limits(ax: Any, run: dict[str, Any] | None, scen: str) -> None:
-    if run is None or not run.get("limits", {}).get("workers"):
-        ax.text(0.5, 0.5, "no gunitune stats", ha="center", transform=ax.transAxes)
-    else:
-        for i, (pid, w) in enumerate(sorted(run["limits"]["workers"].items())):
-            # The fast and slow lanes share one database limit: drawn once.
-            for lane, name in (("slow", "database"), ("cpu", "cpu")):
-                ax.step(w["t"], _nan(w[lane]), where="post", color=f"C{i}",
-                        linestyle=LANE_STYLES[lane], label=f"{pid} {name}")  # fmt: skip
-    ax.set(title=f"{scen}: gunitune limits per worker (database: fast and slow lanes together)",
-           xlabel="seconds since load start", ylabel="concurrency limit")  # fmt: skip
-
-
-def _knee_panels(axes: Sequence[Any], runs: list[dict[str, Any]]) -> None:
-    for run in runs:
-        colour = CONFIG_COLOURS.get(run["config"])
-        series = run["active_queries"]["series"]
-        axes[0].step([p[0] for p in series], [p[1] for p in series], where="post",
-                     color=colour, label=run["config"])  # fmt: skip
-        fast = run.get("probes", {}).get("/fast", {}).get("series", [])
-        axes[2].plot([p[0] for p in fast], [p[1] for p in fast], marker="x", markersize=3,
-                     linewidth=0.8, color=colour, label=f"{run['config']} /fast")  # fmt: skip
-    axes[0].set(title="knee: queries PostgreSQL runs at once", xlabel="seconds since storm start",
-                ylabel="active queries")  # fmt: skip
-    axes[2].set(title="knee: /fast probe latency", xlabel="seconds since storm start (sent)",
-                ylabel="latency (s)", yscale="log")  # fmt: skip
-
-
-def _switch_panels(axes: Sequence[Any], runs: list[dict[str, Any]]) -> None:
-    for run in runs:
-        colour, sw = CONFIG_COLOURS.get(run["config"]), run["switch"]
-        counts = sw["per_second"]
-        axes[0].step(range(len(counts) + 1), [*counts, counts[-1] if counts else 0], where="post",
-                     color=colour, label=run["config"])  # fmt: skip
-        for ph in sw["phases"]:
-            if ph["steady"] is not None:
-                axes[0].hlines(ph["steady"], ph["start"], ph["end"], colors=colour,
-                               linestyles="--", linewidth=0.8)  # fmt: skip
-            if ph["settle"] is not None:
-                axes[0].axvline(ph["start"] + ph["settle"], color=colour, linestyle=":")
-    phases = runs[0]["switch"]["phases"] if runs else []
-    for ph in phases[1:]:
-        for ax in axes:
-            ax.axvline(ph["start"], color="grey", linewidth=0.8)
-    tuned = next((r for r in runs if r.get("limits")), None)
-    if tuned is not None:
-        for i, (pid, w) in enumerate(sorted(tuned["limits"]["workers"].items())):
-            ys = [LANE_ORDER.index(v) if v in LANE_ORDER else None for v in w["lane"]]
-            axes[2].step(w["t"], _nan(ys), where="post", color=f"C{i}", label=str(pid))
-    axes[2].set_yticks(range(len(LANE_ORDER)), LANE_ORDER)
-    axes[0].set(title="switch: valid responses per second (io | cpu | io)",
-                xlabel="seconds since load start", ylabel="responses/s")  # fmt: skip
-    axes[2].set(title="switch: lane of /work per gunitune worker",
-                xlabel="seconds since load start", ylabel="lane")  # fmt: skip
-
-
-def plot_adaptive(result: dict[str, Any], path: Path) -> bool:
-    """Draw ``adaptive.png`` (one column per adaptive scenario); False when none ran."""
-    runs = [r for r in result["runs"] if not r.get("skipped")]
-    scenarios = [s for s in ADAPTIVE_SCENARIOS if any(r["scenario"] == s for r in runs)]
-    if not scenarios:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    fig, grid = plt.subplots(3, len(scenarios), figsize=(7 * len(scenarios), 11), squeeze=False)
-    for col, scen in enumerate(scenarios):
-        axes = [grid[row][col] for row in range(3)]
-        scen_runs = [r for r in runs if r["scenario"] == scen]
-        (_knee_panels if scen == "knee" else _switch_panels)(axes, scen_runs)
-        _worker_limits(axes[1], next((r for r in scen_runs if r.get("limits")), None), scen)
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
