@@ -75,8 +75,6 @@ class ClosingBody:
             self._on_close()
 
 
-
-
 def keep_retry_after(seconds: int, response: Any) -> Any:
     """Add ``Retry-After`` to a shed response unless the app's handler set one."""
     if "Retry-After" not in response.headers:

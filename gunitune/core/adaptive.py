@@ -61,8 +61,10 @@ PROBE_START_WINDOW = 0.25  # a probe may start this long after its period's star
 PROBE_CONFIRMS = 1.5  # a lone hold within this factor of the baseline confirms it
 PROBE_SHORTEST = 0.25  # a probe lasts at least this many seconds...
 PROBE_LONGEST = 5.0  # ...and at most this many (a first guess: the drain is unknown)
-DOUBT_PROBE_LONGEST = 1.5  # a doubtful baseline: holds slowed by the event loop, not the database,
-# would make the drain look long (a CPU storm ending), and the whole worker waits meanwhile
+# A doubtful baseline's probe, at most: holds slowed by the event loop (a CPU
+# storm ending), not by the database, would make the drain look long, and the
+# whole worker waits meanwhile.
+DOUBT_PROBE_LONGEST = 1.5
 CHEAPER = 1 / 3  # a hold below this x a measured baseline lowers it at once
 RECENT_SECONDS = 10.0  # routes seen this recently count for a probe's drain time
 SIGNIFICANT = 0.1  # a route whose holds are below this x the longest recent one is not probed
@@ -94,7 +96,7 @@ class _Baseline:
     ratio: float = 1.0  # recent hold / baseline, smoothed
     confirmed_ratio: float = 1.0  # the ratio when a probe last confirmed the baseline
     skip: int = 1  # probe on every skip-th period
-    shrinks: bool = False  # its samples pushed the limit down since its last probe
+    shrinks: bool = False  # its samples pushed the limit down, and none let it grow since
 
 
 @dataclass(slots=True)
