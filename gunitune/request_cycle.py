@@ -234,9 +234,10 @@ class RequestCycle:
         ticket = state.ticket
         if state.scout:
             self.profiles.scout_done(state.profile)
+        now = self.clock()
         try:
             account = self.meter.stop() if state.measured else None
-            held = state.holds.total(self.clock())
+            held = state.holds.total(now)
             if ticket is not None and (held > 0 or state.db_failed):
                 self._limiter().learn(ticket, state.route, held, state.db_failed)
         finally:
@@ -246,7 +247,7 @@ class RequestCycle:
             return
         profile = state.profile
         before = decide_lanes(state.mode, self.profiles.lanes_for(profile))
-        self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db, self.clock())
+        self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db, now)
         after = decide_lanes(state.mode, self.profiles.lanes_for(profile))
         if after != before and self.limiter is not None:
             # Its queued requests move to the lanes the measurement gives them.
