@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from demo_app.logging_setup import configure_logging
 from gunitune import GuniTune
-from gunitune.core.urls import mask_url, normalize_url
+from gunitune.database_url import masked, parse
 from gunitune.green import make_psycopg2_green
 
 IO_BODY = "hello there!\n"
@@ -40,6 +40,14 @@ def _on_off(environ: Mapping[str, str], key: str) -> bool:
     return raw == "on"
 
 
+def _explicit_driver(url: str) -> str:
+    """The demo's figures were measured on psycopg2: a plain URL keeps it, ``+psycopg`` opts in."""
+    parsed = parse(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything the demo reads from its environment, validated."""
@@ -63,7 +71,7 @@ class DemoConfig:
             raise ValueError(
                 "DATABASE_URL is not set: export DATABASE_URL=postgresql://user:password@host:5432/db"
             )
-        url, _driver = normalize_url(url)
+        url = _explicit_driver(url)
         flag = _on_off(environ, "DEMO_GUNITUNE")
         max_overflow_raw = environ.get("DEMO_MAX_OVERFLOW", "").strip()
         return cls(
@@ -153,5 +161,5 @@ def create_app(config: DemoConfig) -> Flask:
 
     if config.gunitune:
         GuniTune(app, db)
-    app.logger.info("demo_app ready: %s", mask_url(config.database_url))
+    app.logger.info("demo_app ready: %s", masked(config.database_url))
     return app

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _derived = configure.load()
+configure.use_installed_driver()
 _values = _derived.gunicorn_settings()
 
 worker_class: str = _values["worker_class"]

@@ -8,6 +8,7 @@ names Gunicorn reads.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -16,12 +17,15 @@ from typing import Any, NoReturn
 
 import structlog
 
-from gunitune.core.budget import check_budget
+from gunitune import database_url
+from gunitune._isolated import run_in_child
+from gunitune.core.budget import ServerBudget, check_budget
 from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.planner import Plan, make_plan
 from gunitune.core.settings import Settings
-from gunitune.core.urls import mask_url, normalize_url
+from gunitune.core.urls import UnsupportedDatabaseURL
+from gunitune.database_url import masked, with_driver
 
 __all__ = [
     "WORKER_CLASS",
@@ -35,6 +39,9 @@ __all__ = [
 ]
 
 WORKER_CLASS = "gunitune.worker.GuniTuneWorker"
+_CONNECT_TIMEOUT = 5.0
+# Connect, one query, and a fork: generous, but a hung database must not hang the start.
+_BUDGET_READ_TIMEOUT = 3 * _CONNECT_TIMEOUT
 log = structlog.get_logger("gunitune")
 
 
@@ -112,16 +119,25 @@ def exit_with(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def _read_budget(url: str) -> ServerBudget:
+    from gunitune.postgres import read_server_budget  # imports a driver: in the child only
+
+    return read_server_budget(url, connect_timeout=_CONNECT_TIMEOUT)
+
+
 def check_database_budget(derived: Derived, url: str) -> str | None:
     """Compare the plan with the server's connection budget.
 
     Returns ``None`` when it fits, else the one-line complaint. An unreachable
     database raises :class:`gunitune.core.errors.GunituneError` (one line).
     """
-    from gunitune.postgres import read_server_budget  # imports a driver; only when asked
-
     plan = derived.plan
-    server = read_server_budget(url)
+    # In a child: a driver imported by the master spoils psycopg 3 in every worker.
+    server = run_in_child(
+        functools.partial(_read_budget, url),
+        timeout=_BUDGET_READ_TIMEOUT,
+        what="reading the PostgreSQL connection budget",
+    )
     verdict = check_budget(
         plan.total_db_connections,
         server,
@@ -138,8 +154,8 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
     driver = ""
     if url:
         try:
-            url, driver = normalize_url(url)
-        except ValueError as exc:
+            _, driver = with_driver(url)
+        except UnsupportedDatabaseURL as exc:
             exit_with(str(exc))
     log.info(
         "gunitune_config",
@@ -151,7 +167,7 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         total_db_connections=plan.total_db_connections,
         recommended_max_connections=plan.recommended_max_connections,
         somaxconn=plan.somaxconn,
-        database_url=mask_url(url) if url else None,
+        database_url=masked(url) if url else None,
         driver=driver or None,
         why=plan.reasons,
     )
@@ -171,6 +187,27 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         exit_with(complaint)
     else:
         log.warning("postgres_budget", problem=complaint)
+
+
+def use_installed_driver() -> None:
+    """Plain ``postgresql://`` URLs use the installed driver in this process (logged once).
+
+    Called by the config module before the app loads (``preload_app`` too) and
+    by each worker before it imports the app.
+    """
+    try:
+        driver = database_url.use_installed_driver()
+    except UnsupportedDatabaseURL:
+        return  # no PostgreSQL driver at all: the start check names the fix
+    if driver is not None:
+        log.info(
+            "postgresql_driver",
+            driver=driver,
+            why=(
+                f"SQLAlchemy maps postgresql:// to {database_url.sqlalchemy_default_driver()}, "
+                f"which is not installed; plain postgresql:// URLs use {driver} here"
+            ),
+        )
 
 
 def load(environ: Mapping[str, str] | None = None) -> Derived:

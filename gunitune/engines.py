@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 from gunitune.core.resolve import PoolFacts
-from gunitune.core.urls import mask_url
+from gunitune.database_url import masked
 
 __all__ = [
     "describe",
@@ -63,7 +63,7 @@ def pool_facts(engines: Iterable[Engine], primary: Engine | None = None) -> list
 def describe(engine: Engine) -> dict[str, object]:
     """Loggable facts about an engine; the URL is masked."""
     return {
-        "url": mask_url(engine.url.render_as_string(hide_password=True)),
+        "url": masked(engine.url),
         "driver": engine.dialect.driver,
         "pool": type(engine.pool).__name__,
         "capacity": pool_capacity(engine),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gunitune.core.errors import ConfigError, GunituneError
-from gunitune.core.urls import mask_url, normalize_url
+from gunitune.database_url import DRIVER_PACKAGES, masked, with_driver
 from gunitune.postgres import connect, safe_error_text
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "gevent_wait_callback",
     "make_psycopg2_green",
     "psycopg2_is_green",
+    "psycopg_imported_before_patch",
     "require_green_driver",
 ]
 
@@ -47,6 +48,12 @@ _PSYCOPG3_FIX = (
     "psycopg 3 is not cooperative here: it yields to gevent only when gevent has "
     "monkey-patched select before psycopg is imported (psycopg >= 3.2); run under "
     "gunicorn's gevent worker, or use psycopg2 with gunitune.green.make_psycopg2_green()"
+)
+_PSYCOPG3_TOO_EARLY = (
+    "psycopg 3 was imported before gevent patched this worker, so it blocks the event "
+    "loop: the Gunicorn master imported it (preload_app = True, or a config file or "
+    "hook that imports the app or psycopg); load the app in the workers, or import "
+    "psycopg only inside functions the workers call"
 )
 
 
@@ -121,6 +128,25 @@ def psycopg2_is_green() -> bool:
     return callback is getattr(psycogreen, "gevent_wait_callback", object())
 
 
+def psycopg_imported_before_patch() -> bool:
+    """Whether psycopg 3 chose its blocking wait functions before gevent patched ``select``.
+
+    psycopg reads ``select``/``selectors`` once, at import: a process that
+    imported it before ``gevent.monkey.patch_all()`` (a Gunicorn master with
+    ``preload_app``, before it forks) keeps the blocking choice for good.
+    """
+    waiting = sys.modules.get("psycopg.waiting")
+    monkey = sys.modules.get("gevent.monkey")
+    if waiting is None or monkey is None or not monkey.is_module_patched("select"):
+        return False
+    import selectors
+
+    wait_c = getattr(waiting, "wait_c", None)
+    chose_c = wait_c is not None and getattr(waiting, "wait", None) is wait_c
+    stale_selector = getattr(waiting, "DefaultSelector", None) is not selectors.DefaultSelector
+    return chose_c or stale_selector
+
+
 @dataclass(frozen=True)
 class DriverCheck:
     """Result of :func:`check_driver_yields`.
@@ -137,11 +163,11 @@ class DriverCheck:
 
 
 def _pick_driver(url: str) -> str:
-    _, driver = normalize_url(url)
+    _, driver = with_driver(url)
     if driver in ("psycopg2", "psycopg"):
         return driver
     raise ConfigError(
-        f"DATABASE_URL={mask_url(url)} uses driver {driver or '(none)'!r}: "
+        f"DATABASE_URL={masked(url)} uses driver {driver or '(none)'!r}: "
         "gunitune can check only psycopg2 and psycopg"
     )
 
@@ -174,7 +200,7 @@ def check_driver_yields(url: str, *, seconds: float = 0.2, timeout: float = 10.0
         # measure the one the app will use.
         importlib.import_module(driver)
     except ImportError:
-        package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"}[driver]
+        package = DRIVER_PACKAGES[driver]
         return DriverCheck(False, driver, 0.0, f"{driver} is not installed: pip install {package}")
 
     conns: list[Any] = []
@@ -198,12 +224,12 @@ def check_driver_yields(url: str, *, seconds: float = 0.2, timeout: float = 10.0
             # the query on the server.
             gevent.killall(pending, block=True, timeout=1.0)
             raise GunituneError(
-                f"driver check on {mask_url(url)} did not finish within {timeout:g}s"
+                f"driver check on {masked(url)} did not finish within {timeout:g}s"
             )
         for g in greenlets:
             if g.exception is not None:
                 raise GunituneError(
-                    f"driver check on {mask_url(url)} failed: {safe_error_text(g.exception, url)}"
+                    f"driver check on {masked(url)} failed: {safe_error_text(g.exception, url)}"
                 )
     finally:
         for conn in conns:
@@ -226,6 +252,8 @@ def check_driver_yields(url: str, *, seconds: float = 0.2, timeout: float = 10.0
         message = (
             f"psycopg2 has a gevent wait callback but still blocked the event loop; {measured}"
         )
+    elif psycopg_imported_before_patch():
+        message = f"{_PSYCOPG3_TOO_EARLY}; {measured}"
     else:
         message = f"{_PSYCOPG3_FIX}; {measured}"
     return DriverCheck(yields, driver, elapsed, message)

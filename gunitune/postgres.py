@@ -12,11 +12,14 @@ import importlib
 import math
 import re
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
+
+from sqlalchemy.engine import URL
 
 from gunitune.core.budget import ServerBudget
 from gunitune.core.errors import ConfigError, GunituneError
-from gunitune.core.urls import UnsupportedDatabaseURL, mask_url, mask_urls_in, normalize_url
+from gunitune.core.urls import UnsupportedDatabaseURL, mask_urls_in
+from gunitune.database_url import DRIVER_PACKAGES, connect_kwargs, masked, parse, with_driver
 
 __all__ = [
     "DatabaseUnreachable",
@@ -70,52 +73,39 @@ class DatabaseUnreachable(GunituneError):
         self.kind = kind
         super().__init__(f"cannot reach DATABASE_URL={url}: {reason} ({hint})")
 
+    def __reduce__(self) -> tuple[type[DatabaseUnreachable], tuple[str, str, str, str]]:
+        # The start-up check runs in a child process and sends its errors back pickled.
+        return (type(self), (self.url, self.reason, self.hint, self.kind))
 
-def _split(url: str) -> tuple[str, str | None, str, str]:
-    """Split into (scheme, userinfo or None, host:port, rest from "/" or "?").
 
-    Like SQLAlchemy, not like urllib: the password may hold unencoded "@" and
-    "/", so the host starts after the last "@" before the query string.
+def _hostport(url: URL) -> str:
+    """Where ``url`` points, for hints: ``host:port`` (5432 by default) or the Unix socket."""
+    if not url.host:
+        return "its Unix socket"
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port or 5432}"
+
+
+def _scrub_literal(text: str, url: URL) -> str:
+    """Replace the URL's secrets (raw and percent-encoded) wherever they appear.
+
+    Skipped when the secret is just the user or database name, which messages
+    show anyway: masking those would make the message useless and hide nothing.
     """
-    scheme, _, rest = url.partition("://")
-    head, q, query = rest.partition("?")
-    userinfo, at, after = head.rpartition("@")
-    hostport, slash, path = after.partition("/")
-    return scheme, (userinfo if at else None), hostport, slash + path + q + query
-
-
-def _url_parts(url: str) -> tuple[str, str, str, str]:
-    """Return (password as written, user, database, host:port for hints)."""
-    _, userinfo, hostport, tail = _split(url)
-    user, _, password = (userinfo or "").partition(":")
-    database = tail.partition("?")[0].lstrip("/")
-    if not hostport:
-        hostport = "its Unix socket"
-    elif "," not in hostport and not re.search(r"(\]|^[^\[]*):\d+$", hostport):
-        hostport += ":5432"
-    return password, unquote(user), unquote(database), hostport
-
-
-def _scrub_literal(text: str, url: str) -> str:
-    """Replace the URL's password (raw and percent-decoded) wherever it appears.
-
-    Skipped when it is just the user or database name, which messages show
-    anyway: masking those would make the message useless and hide nothing.
-    """
-    password, user, database, _ = _url_parts(url)
-    for secret in sorted({password, unquote(password)}, key=len, reverse=True):
-        if secret and secret not in (user, database):
+    secrets = {url.password or ""}
+    secrets.update(str(v) for k, v in url.query.items() if k.lower() in ("password", "sslpassword"))
+    secrets |= {quote(secret, safe="") for secret in secrets}
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret and secret not in (url.username, url.database):
             text = text.replace(secret, "***")
     return text
 
 
-def _display_url(url: str) -> str:
-    """``url`` with the password masked, even one with an unencoded ``@``."""
-    scheme, userinfo, hostport, tail = _split(url)
-    shown = url
-    if userinfo is not None and ":" in userinfo:
-        shown = f"{scheme}://{userinfo.partition(':')[0]}:***@{hostport}{tail}"
-    return mask_url(_scrub_literal(shown, url))
+def _parsed(url: str | URL) -> URL | None:
+    try:
+        return parse(url)
+    except UnsupportedDatabaseURL:
+        return None
 
 
 def safe_error_text(error: BaseException | str, url: str) -> str:
@@ -124,7 +114,8 @@ def safe_error_text(error: BaseException | str, url: str) -> str:
     Masks URL and ``password=`` DSN passwords, and the URL's literal password
     wherever it appears (raw and percent-decoded).
     """
-    text = _scrub_literal(str(error), url)
+    parsed = _parsed(url)
+    text = str(error) if parsed is None else _scrub_literal(str(error), parsed)
     text = _DSN_PASSWORD.sub(r"\1***", mask_urls_in(text))
     for line in text.splitlines():
         line = _SEVERITY.sub("", _LIBPQ_PREFIX.sub("", line.strip()))
@@ -172,10 +163,11 @@ def unreachable_error(
     url: str, error: BaseException | str, *, connect_timeout: float = 5.0
 ) -> DatabaseUnreachable:
     """Build the one-line, password-free :class:`DatabaseUnreachable` for ``error``."""
-    _, _, _, hostport = _url_parts(url)
+    parsed = _parsed(url)
+    hostport = _hostport(parsed) if parsed is not None else "its host"
     full_text = safe_error_text(" ".join(str(error).split()), url)
     kind, hint = _classify(full_text, hostport, connect_timeout)
-    return DatabaseUnreachable(_display_url(url), safe_error_text(error, url), hint, kind)
+    return DatabaseUnreachable(masked(url), safe_error_text(error, url), hint, kind)
 
 
 def _importable(module: str) -> bool:
@@ -186,36 +178,28 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _libpq_url(url: str) -> tuple[str, str]:
-    """Return (URL for libpq without ``+driver``, driver to connect with)."""
+def _libpq_target(url: str | URL) -> tuple[dict[str, Any], str]:
+    """Return (libpq keyword arguments, driver to connect with)."""
     try:
-        normalized, driver = normalize_url(url)
+        parsed, driver = with_driver(url)
     except UnsupportedDatabaseURL as exc:
         raise ConfigError(str(exc)) from None
-    scheme, _, rest = normalized.partition("://")
-    if scheme.partition("+")[0] != "postgresql":
+    if parsed.get_backend_name() != "postgresql":
         raise ConfigError(
-            f"DATABASE_URL={_display_url(url)} is not a PostgreSQL URL; "
+            f"DATABASE_URL={masked(url)} is not a PostgreSQL URL; "
             "expected postgresql://user:password@host:port/dbname"
         )
-    _, userinfo, hostport, tail = _split(normalized)
-    if userinfo is not None:
-        # SQLAlchemy accepts an unencoded "@" or "/" in the password, libpq does
-        # not (it would take part of the password for the host): re-encode.
-        user, colon, password = userinfo.partition(":")
-        userinfo = quote(unquote(user), safe="") + colon + quote(unquote(password), safe="")
-        rest = f"{userinfo}@{hostport}{tail}"
-    if driver not in ("psycopg2", "psycopg") or not _importable(driver):
+    if driver not in DRIVER_PACKAGES or not _importable(driver):
         # Another SQLAlchemy driver (asyncpg, pg8000...) or a missing one: any
         # libpq driver reads the same server, so use whichever is installed.
-        for candidate in ("psycopg2", "psycopg"):
+        for candidate in DRIVER_PACKAGES:
             if _importable(candidate):
-                return f"postgresql://{rest}", candidate
+                return connect_kwargs(parsed), candidate
         raise ConfigError(
-            f"DATABASE_URL={_display_url(url)} needs psycopg2 or psycopg to reach "
-            "PostgreSQL: pip install psycopg2-binary"
+            f"DATABASE_URL={masked(url)} needs psycopg2 or psycopg to reach "
+            f"PostgreSQL: pip install {DRIVER_PACKAGES['psycopg2']}"
         )
-    return f"postgresql://{rest}", driver
+    return connect_kwargs(parsed), driver
 
 
 def connect(url: str, *, connect_timeout: float = 5.0) -> Any:
@@ -226,20 +210,20 @@ def connect(url: str, *, connect_timeout: float = 5.0) -> Any:
     :class:`DatabaseUnreachable` on failure and :class:`ConfigError` for a URL
     that is not PostgreSQL.
     """
-    dsn, driver = _libpq_url(url)
+    kwargs, driver = _libpq_target(url)
     # libpq takes whole seconds (and treats values below 2 as 2).
-    timeout = max(1, math.ceil(connect_timeout))
+    kwargs.setdefault("connect_timeout", max(1, math.ceil(connect_timeout)))
     if driver == "psycopg":
         import psycopg
 
         try:
-            return psycopg.connect(dsn, connect_timeout=timeout, autocommit=True)
+            return psycopg.connect(autocommit=True, **kwargs)
         except psycopg.Error as exc:
             raise unreachable_error(url, exc, connect_timeout=connect_timeout) from None
     import psycopg2
 
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=timeout)
+        conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as exc:
         raise unreachable_error(url, exc, connect_timeout=connect_timeout) from None
     conn.autocommit = True
@@ -263,7 +247,7 @@ def read_server_budget(url: str, *, connect_timeout: float = 5.0) -> ServerBudge
         cur.close()
     except Exception as exc:
         raise GunituneError(
-            f"cannot read the connection budget of DATABASE_URL={_display_url(url)}: "
+            f"cannot read the connection budget of DATABASE_URL={masked(url)}: "
             f"{safe_error_text(exc, url)}"
         ) from None
     finally:

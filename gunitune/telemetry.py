@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool, QueuePool
 
 from gunitune.core.pressure import PoolSnapshot, PressureMonitor, Transition
-from gunitune.core.urls import mask_url
+from gunitune.database_url import masked
 
 __all__ = ["EventLogger", "PoolTelemetry"]
 
@@ -75,7 +75,7 @@ class PoolTelemetry:
         # by engine index (an engine's pool object changes on dispose()).
         self._checked_out = [0] * len(self.engines)
         self._databases = [
-            mask_url(e.url.render_as_string(hide_password=True)) for e in self.engines
+            masked(e.url) for e in self.engines
         ]
         # (pool, event name, listener). We keep the pool we listened on: after
         # engine.dispose() the new pool shares its listeners, but SQLAlchemy

@@ -35,8 +35,8 @@ import structlog
 from gevent import getcurrent
 from gunicorn.workers import base, ggevent
 
+from gunitune import configure, green
 from gunitune import engines as engine_facts
-from gunitune import green
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import EagerServer, GatedPool, HeldGate
 from gunitune.core.errors import ConfigError, GunituneError
@@ -103,6 +103,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
 
     def _init_process(self) -> None:
         green.make_psycopg2_green()
+        configure.use_installed_driver()  # done in the master when gunitune.conf is used
         if self.cfg.preload_app:
             disposed = engine_facts.dispose_after_fork(engine_facts.find_engines())
             if disposed:

@@ -9,10 +9,9 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
 from gunitune import GuniTune
-from gunitune.core.urls import normalize_url
 
 app = Flask(__name__)
-app.config["SQLALCHEMY_DATABASE_URI"] = normalize_url(os.environ["DATABASE_URL"])[0]
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
 app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 3, "max_overflow": 3}
 app.config["GUNITUNE_QUEUE_TIMEOUT"] = "7.5"
 app.config["GUNITUNE_FAST_SHARE"] = 0.5

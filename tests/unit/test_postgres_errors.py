@@ -13,7 +13,7 @@ import pytest
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.postgres import (
     DatabaseUnreachable,
-    _libpq_url,
+    _libpq_target,
     read_server_budget,
     safe_error_text,
     unreachable_error,
@@ -88,8 +88,14 @@ def test_unencoded_at_in_password_is_masked_and_reencoded_for_libpq() -> None:
     err = unreachable_error(url, REFUSED)
     assert "ss/w" not in str(err)
     assert "DATABASE_URL=postgresql+psycopg2://app:***@127.0.0.1:5999/app:" in str(err)
-    dsn, driver = _libpq_url(url)
-    assert dsn == "postgresql://app:p%40ss%2Fw@127.0.0.1:5999/app"
+    kwargs, driver = _libpq_target(url)
+    assert kwargs == {
+        "user": "app",
+        "password": "p@ss/w",
+        "host": "127.0.0.1",
+        "port": 5999,
+        "dbname": "app",
+    }
     assert driver == "psycopg2"
 
 

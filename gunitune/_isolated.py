@@ -1,0 +1,82 @@
+"""Run a database read in a forked child, so the Gunicorn master never imports a driver.
+
+psycopg 3 picks its wait function, and binds ``selectors.DefaultSelector``,
+when it is first imported. A master that imports it for the start-up budget
+check hands every worker the blocking choice: gevent patches ``select`` only
+after the fork, too late. The child does the read and exits; the master keeps
+a clean ``sys.modules`` (and no libpq or TLS state crosses the fork either).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from gunitune.core.errors import GunituneError
+
+__all__ = ["run_in_child"]
+
+T = TypeVar("T")
+
+
+def _child(fn: Callable[[], T], write_fd: int) -> None:
+    try:
+        payload = pickle.dumps(("ok", fn()))
+    except BaseException as exc:  # everything must reach the parent
+        try:
+            payload = pickle.dumps(("error", exc))
+        except Exception:  # an exception that does not pickle: keep its text
+            payload = pickle.dumps(("error", GunituneError(str(exc))))
+    with os.fdopen(write_fd, "wb") as pipe:
+        pipe.write(payload)
+
+
+def _read_all(read_fd: int, pid: int, deadline: float, what: str) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+            os.kill(pid, signal.SIGKILL)
+            raise GunituneError(f"{what} did not finish within its timeout")
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def run_in_child(fn: Callable[[], T], *, timeout: float, what: str) -> T:
+    """Return ``fn()`` computed in a forked child; re-raise its exception here.
+
+    ``fn``'s result and exceptions must pickle. A child that does not answer
+    within ``timeout`` seconds is killed and :class:`GunituneError` names
+    ``what``. Call it only where the process has no other threads (the
+    Gunicorn master before any worker starts).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which never returns
+        code = 0
+        try:
+            os.close(read_fd)
+            _child(fn, write_fd)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    try:
+        data = _read_all(read_fd, pid, time.monotonic() + timeout, what)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    if not data:
+        raise GunituneError(f"{what} failed: its process exited without an answer")
+    status, value = pickle.loads(data)  # our own child's bytes
+    if status == "error":
+        raise value
+    result: T = value
+    return result
