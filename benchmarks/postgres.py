@@ -40,6 +40,17 @@ _DEFAULT_CONF = {
 }
 
 
+DRIVERS = ("psycopg2", "psycopg")
+
+
+def test_driver() -> str:
+    """The driver tests and benchmarks use: ``PG_DRIVER`` (psycopg2 unless set)."""
+    driver = os.environ.get("PG_DRIVER", "").strip() or "psycopg2"
+    if driver not in DRIVERS:
+        raise RuntimeError(f"PG_DRIVER={driver!r} is invalid: expected one of {', '.join(DRIVERS)}")
+    return driver
+
+
 def find_bindir() -> Path:
     """Directory holding initdb/pg_ctl/postgres: highest versioned Debian dir, then PATH."""
 
@@ -103,8 +114,13 @@ class PostgresCluster:
 
     @property
     def url(self) -> str:
-        """SQLAlchemy/libpq URL using TCP and password auth."""
+        """libpq (and plain SQLAlchemy) URL using TCP and password auth."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+
+    @property
+    def app_url(self) -> str:
+        """:attr:`url` naming the driver of ``PG_DRIVER``, for the apps under test."""
+        return self.url.replace("postgresql://", f"postgresql+{test_driver()}://", 1)
 
     @property
     def logfile(self) -> Path:

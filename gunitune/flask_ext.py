@@ -90,7 +90,17 @@ class GuniTune:
         settings = settings_from(os.environ, app.config)
         db = db if db is not None else (self.db or app.extensions.get("sqlalchemy"))
         found, primary = self._engines_of(app, db)
-        all_engines = [*found, *(e for e in [*self.engines, *engines] if e not in found)]
+        explicit = [*self.engines, *engines]
+        if not found and not explicit:
+            # Plain SQLAlchemy with a module-level engine, built before GuniTune(app).
+            found = engine_facts.find_engines()
+            if found:
+                log.info(
+                    "engines_found_in_process",
+                    engines=len(found),
+                    hint="pass GuniTune(app, engines=[...]) to name them",
+                )
+        all_engines = [*found, *(e for e in explicit if e not in found)]
         if primary is None and len(all_engines) == 1:
             primary = all_engines[0]
 

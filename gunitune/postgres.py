@@ -41,7 +41,10 @@ SELECT current_setting('max_connections')::int,
 """
 
 # libpq prefixes each attempt with where it went; the URL already says that.
-_LIBPQ_PREFIX = re.compile(r"^connection to server (at|on socket) .*? failed:\s*")
+# psycopg 3 puts "connection failed: " in front.
+_LIBPQ_PREFIX = re.compile(
+    r"^(connection failed:\s*)?connection to server (at|on socket) .*? failed:\s*"
+)
 _SEVERITY = re.compile(r"^(FATAL|ERROR):\s*")
 # key=value DSNs (psycopg2 merges kwargs into one) are not URLs: mask them too.
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)

@@ -162,7 +162,9 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         for engine in engines:
             if engine.dialect.name != "postgresql":
                 continue
-            url = engine.url.render_as_string(hide_password=False)
+            # The driver SQLAlchemy really loaded (a plain URL's default, or ours).
+            named = engine.url.set(drivername=f"postgresql+{engine.dialect.driver}")
+            url = named.render_as_string(hide_password=False)
             try:
                 check = green.check_driver_yields(url)
             except GunituneError as exc:

@@ -62,7 +62,7 @@ def postgres() -> Iterator[PostgresCluster]:
 @pytest.fixture
 def server_env(postgres: PostgresCluster) -> dict[str, str]:
     """Environment defaults for child servers."""
-    return {"DATABASE_URL": postgres.url}
+    return {"DATABASE_URL": postgres.app_url}
 
 
 @pytest.fixture

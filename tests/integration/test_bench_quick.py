@@ -25,7 +25,7 @@ def _failed(run: dict[str, Any]) -> bool:
 def test_quick_storm_tells_configurations_apart(postgres: PostgresCluster, tmp_path: Path) -> None:
     out = tmp_path / "results"
     options = storm.parse_args(["--quick", "--scenario", "io,cpu", "--out", str(out)])
-    result = storm.run_benchmark(options, environ={"DATABASE_URL": postgres.url}, quiet=True)
+    result = storm.run_benchmark(options, environ={"DATABASE_URL": postgres.app_url}, quiet=True)
 
     assert result["database"]["own_cluster"] is False
     runs = {(r["config"], r["scenario"]): r for r in result["runs"]}
@@ -61,7 +61,7 @@ def test_quick_mixed_io_reports_probe_figures(postgres: PostgresCluster, tmp_pat
     out = tmp_path / "lanes"
     argv = ["--quick", "--scenario", "mixed-io", "--requests", "150", "--out", str(out)]
     result = storm.run_benchmark(
-        storm.parse_args(argv), environ={"DATABASE_URL": postgres.url}, quiet=True
+        storm.parse_args(argv), environ={"DATABASE_URL": postgres.app_url}, quiet=True
     )
 
     runs = {r["config"]: r for r in result["runs"]}
@@ -90,7 +90,7 @@ def test_adaptive_scenarios_report_limits(postgres: PostgresCluster, tmp_path: P
     argv = ["--scenario", "knee,switch", "--requests", "100", "--switch-seconds", "3",
             "--switch-clients", "40", "--deadline", "60", "--out", str(out)]  # fmt: skip
     result = storm.run_benchmark(
-        storm.parse_args(argv), environ={"DATABASE_URL": postgres.url}, quiet=True
+        storm.parse_args(argv), environ={"DATABASE_URL": postgres.app_url}, quiet=True
     )
 
     runs = {(r["config"], r["scenario"]): r for r in result["runs"]}

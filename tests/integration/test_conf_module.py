@@ -32,7 +32,7 @@ def _base_env(postgres: PostgresCluster) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUNITUNE_")}
-    env["DATABASE_URL"] = postgres.url
+    env["DATABASE_URL"] = postgres.app_url
     return env
 
 

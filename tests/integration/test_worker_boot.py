@@ -26,7 +26,7 @@ def test_worker_recycle_during_a_database_outage_keeps_serving(
             config="python:gunitune.conf",
             args=["--max-requests", "3"],
             env={
-                "DATABASE_URL": cluster.url,
+                "DATABASE_URL": cluster.app_url,
                 "GUNITUNE_WORKERS": "1",
                 "GUNITUNE_GREEN_CHECK": green_check,
             },
