@@ -92,14 +92,14 @@ class GuniTune:
         found, primary = self._engines_of(app, db)
         explicit = [*self.engines, *engines]
         if not found and not explicit:
-            # Plain SQLAlchemy with a module-level engine, built before GuniTune(app).
-            found = engine_facts.find_engines()
-            if found:
-                log.info(
-                    "engines_found_in_process",
-                    engines=len(found),
-                    hint="pass GuniTune(app, engines=[...]) to name them",
-                )
+            # Not an error (an app may use no database), but the lanes then
+            # guess the pool, and outages and hold times go unseen.
+            log.info(
+                "no_engines_named",
+                app=app.name,
+                hint="pass GuniTune(app, db) or GuniTune(app, engines=[engine]); database "
+                "slots come from GUNITUNE_POOL_SIZE + GUNITUNE_MAX_OVERFLOW meanwhile",
+            )
         all_engines = [*found, *(e for e in explicit if e not in found)]
         if primary is None and len(all_engines) == 1:
             primary = all_engines[0]
@@ -123,6 +123,7 @@ class GuniTune:
             block_threshold=settings.block_threshold,
             pressure_interval=settings.pressure_interval,
             retry_after=settings.retry_after,
+            outage_wait=settings.outage_wait,
         )
         app.extensions[EXTENSION_KEY] = self
         self._cycles[app] = cycle

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import Forbidden, ServiceUnavailable
 
-__all__ = ["Overloaded", "stats_view"]
+__all__ = ["DatabaseUnavailable", "Overloaded", "stats_view"]
 
 
 class Overloaded(ServiceUnavailable):
@@ -30,6 +30,20 @@ class Overloaded(ServiceUnavailable):
         super().__init__(retry_after=retry_after)
         self.reason = reason
         self.waited = waited
+
+
+class DatabaseUnavailable(Overloaded):
+    """503 with ``Retry-After``: the database is away (restarting, unreachable).
+
+    Raised in place of the driver's error when a request's query or connection
+    was cut by an outage, and for requests that waited for the database longer
+    than the outage wait. Never retried by gunitune: the statement may have run.
+    """
+
+    description = (
+        "The database is unavailable right now. "
+        "Retry after the number of seconds in the Retry-After header."
+    )
 
 
 def _is_loopback(address: str | None) -> bool:

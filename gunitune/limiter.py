@@ -38,13 +38,15 @@ _FAST_FIRST_SECONDS = 0.01
 
 
 class Rejected(Exception):
-    """No slot within the queue timeout, or the worker is shutting down."""
+    """No slot within the queue timeout, the worker is shutting down, or
+    (``outage``) the database was away for longer than the outage wait."""
 
-    def __init__(self, reason: str, waited: float, lane: str) -> None:
+    def __init__(self, reason: str, waited: float, lane: str, *, outage: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.waited = waited
         self.lane = lane
+        self.outage = outage
 
 
 class ClientGone(Exception):
@@ -223,6 +225,21 @@ class Limiter:
             moved += len(waiters)
         return moved
 
+    def hold_db(self, held: bool) -> None:
+        """Hold the database lanes (the database is away) or let them go on."""
+        with self._lock:
+            granted = self.db.hold(held)
+        for waiter in granted:
+            waiter.token.set()
+
+    def refuse_db_waiting(self, cutoff: float) -> int:
+        """503 for the database requests queued since ``cutoff`` or earlier (an outage)."""
+        with self._lock:
+            waiters = self.db.refuse_since(cutoff)
+        for waiter in waiters:
+            waiter.token.set()
+        return len(waiters)
+
     def refuse_waiting(self) -> int:
         """Worker shutdown: every queued request, and every later one, gets a 503."""
         self.refusing = True
@@ -286,7 +303,7 @@ class Limiter:
                 raise Rejected("the worker is shutting down", 0.0, lane)
             if scheduler.try_acquire(lane):
                 return
-            waiter = Waiter(lane, route, self._event())
+            waiter = Waiter(lane, route, self._event(), since=start)
             scheduler.enqueue(waiter)
         try:
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
@@ -311,12 +328,13 @@ class Limiter:
         if waiter.moved:
             raise Moved(route)
         self.counts[lane]["rejected"] += 1
-        reason = (
-            "the worker is shutting down"
-            if waiter.refused
-            else "no slot free within GUNITUNE_QUEUE_TIMEOUT"
-        )
-        raise Rejected(reason, self._clock() - start, lane)
+        if waiter.outage:
+            reason = "the database is unavailable"
+        elif waiter.refused:
+            reason = "the worker is shutting down"
+        else:
+            reason = "no slot free within GUNITUNE_QUEUE_TIMEOUT"
+        raise Rejected(reason, self._clock() - start, lane, outage=waiter.outage)
 
     def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:
         # Under the lock: with threads, a release may hand this waiter a slot

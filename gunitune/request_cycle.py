@@ -28,6 +28,7 @@ from flask import Flask, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from gunitune._db_circuit import DbCircuits
 from gunitune._db_holds import Holds, capacity_error
 from gunitune._request_parts import (
     BlockReports,
@@ -41,7 +42,7 @@ from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import Overloaded
+from gunitune.http import DatabaseUnavailable, Overloaded
 from gunitune.limiter import ClientGone, Limiter, Moved, Rejected, Ticket
 from gunitune.telemetry import PoolTelemetry
 
@@ -81,6 +82,7 @@ class _InFlight:
     holds: Holds = field(default_factory=Holds)  # connections held, checkout to checkin
     db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
     scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
+    outage: bool = False  # its database work was cut by an outage
 
 
 @dataclass
@@ -98,6 +100,7 @@ class RequestCycle:
     block_threshold: float = 0.5
     pressure_interval: float = 1.0
     retry_after: int | None = None
+    outage_wait: float = 15.0
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
     _routes: dict[int, _Route] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class RequestCycle:
     _watcher: PressureWatcher = field(default_factory=PressureWatcher)
 
     def __post_init__(self) -> None:
+        self.circuits = DbCircuits(self.engines, lambda: self.limiter, outage_wait=self.outage_wait)
         for engine in self.engines:
             event.listen(engine, "checkout", self._on_checkout)
             event.listen(engine, "checkin", self._on_checkin)
@@ -202,8 +206,11 @@ class RequestCycle:
                 retry_after = self._retry_after(state.profile, limiter)
                 # Runs for this response only, after the app's own 503 handler
                 # (if any) rendered it: the client still learns when to come back.
+                if exc.outage:
+                    retry_after = self.circuits.retry_after()
                 after_this_request(partial(keep_retry_after, retry_after))
-                raise Overloaded(retry_after, exc.reason, exc.waited) from None
+                shed = DatabaseUnavailable if exc.outage else Overloaded
+                raise shed(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
                 from werkzeug.exceptions import ClientDisconnected
 
@@ -238,13 +245,14 @@ class RequestCycle:
         try:
             account = self.meter.stop() if state.measured else None
             held = state.holds.total(now)
-            if ticket is not None and (held > 0 or state.db_failed):
+            if ticket is not None and (held > 0 or state.db_failed) and not state.outage:
+                # An outage says nothing about how much the database serves well.
                 self._limiter().learn(ticket, state.route, held, state.db_failed)
         finally:
             if ticket is not None:
                 self._limiter().release(ticket)
-        if account is None:
-            return
+        if account is None or state.outage:
+            return  # an outage says nothing about the route
         profile = state.profile
         before = decide_lanes(state.mode, self.profiles.lanes_for(profile))
         self.profiles.add(state.route, account.cpu, account.own_wall, state.used_db, now)
@@ -289,8 +297,21 @@ class RequestCycle:
 
     def _on_db_error(self, context: Any) -> None:
         state = _current.get()
-        if isinstance(state, _InFlight) and capacity_error(context):
-            state.db_failed = True
+        outage = self.circuits.on_error(context)
+        if state is None:
+            return
+        if isinstance(state, _Route):
+            self.profiles.saw_database(state.route)  # a failed connect never checks out
+        else:
+            state.used_db = True
+            state.db_failed = state.db_failed or capacity_error(context)
+            state.outage = state.outage or outage
+        if outage:
+            # In place of the driver's error: a 503 through the app's error
+            # handlers. Not retried: the statement may have run.
+            retry_after = self.circuits.retry_after()
+            after_this_request(partial(keep_retry_after, retry_after))
+            raise DatabaseUnavailable(retry_after, "the database is unavailable")
 
     def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:
         if self.retry_after is not None:

@@ -49,6 +49,8 @@ class Waiter:
     token: Any = None
     granted: bool = False  # a slot was handed to it: whoever ends the wait must give it back
     refused: bool = False  # the scheduler stopped serving queued requests (worker shutdown)
+    outage: bool = False  # refused because it waited too long for a database that is away
+    since: float = 0.0  # when it started waiting (the adapter's clock)
     moved: bool = False  # its route changed lanes: queue again in the new one
     seq: int = field(default_factory=lambda: next(_sequence))
 
@@ -74,6 +76,7 @@ class LaneScheduler:
         self._in_use = dict.fromkeys(shares, 0)
         self._guaranteed: dict[str, int] = {}
         self.preferred: str | None = None  # a lane served first whatever its share
+        self.held = False  # no slot is handed out: the database is away
         self.limit = 0
         self.set_limit(limit)
 
@@ -111,7 +114,7 @@ class LaneScheduler:
             for lane, share in self._shares.items()
         }
         granted: list[Waiter] = []
-        while self.used < self.limit:
+        while self.used < self.limit and not self.held:
             waiter = self._pick()
             if waiter is None:
                 break
@@ -125,7 +128,7 @@ class LaneScheduler:
         A slot is free only when nobody waits (a release hands it over), so
         taking it never jumps the queue.
         """
-        if self.used < self.limit:
+        if self.used < self.limit and not self.held:
             self._in_use[lane] += 1
             return True
         return False
@@ -137,8 +140,8 @@ class LaneScheduler:
     def release(self, lane: str) -> Waiter | None:
         """Give back a slot of ``lane``; return the waiter it was handed to, if any."""
         self._in_use[lane] -= 1
-        if self.used >= self.limit:
-            return None  # the limit shrank: this slot is gone, not handed over
+        if self.used >= self.limit or self.held:
+            return None  # the limit shrank, or the lanes are held: not handed over
         waiter = self._pick()
         if waiter is not None:
             self._grant(waiter)
@@ -165,6 +168,22 @@ class LaneScheduler:
                 self._queues[lane] = deque(w for w in queue if w.route != route)
         taken.sort(key=lambda w: w.seq)
         return taken
+
+    def hold(self, held: bool) -> list[Waiter]:
+        """Stop handing out slots (``True``), or go on (``False``: return the waiters granted)."""
+        self.held = held
+        return [] if held else self.set_limit(self.limit)
+
+    def refuse_since(self, cutoff: float) -> list[Waiter]:
+        """Take out every waiter queued at or before ``cutoff`` (an outage lasted too long)."""
+        refused: list[Waiter] = []
+        for lane, queue in self._queues.items():
+            if queue and queue[0].since <= cutoff:
+                refused.extend(w for w in queue if w.since <= cutoff)
+                self._queues[lane] = deque(w for w in queue if w.since > cutoff)
+        for waiter in refused:
+            waiter.refused = waiter.outage = True
+        return refused
 
     def refuse_all(self) -> list[Waiter]:
         """Empty every queue (a worker shutting down); return the waiters to wake."""

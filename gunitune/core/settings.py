@@ -182,6 +182,12 @@ class Settings:
         "Longest wait in a lane before a 503 + Retry-After; off (the default): a held "
         "request waits as long as it takes, as it would in the kernel's queue.",
     )
+    outage_wait = Setting(
+        _float_above(0), 15.0,
+        "Longest wait for a database that is away (restarting, unreachable: its circuit is "
+        "open) before a 503 + Retry-After; requests queued meanwhile run once it is back. "
+        "GUNITUNE_QUEUE_TIMEOUT, when shorter, still applies.",
+    )
     max_held = Setting(
         _int_at_least(1), 5000,
         "Connections one worker holds (accepted, read and queued by lane; an idle keep-alive "

@@ -1,7 +1,7 @@
 """A Flask app on plain SQLAlchemy: a module-level engine, no Flask-SQLAlchemy.
 
 ``PLAIN_ENGINES=explicit`` passes the engine as ``GuniTune(app, engines=[...])``;
-otherwise gunitune finds it in the process. ``DATABASE_URL`` is used as given.
+otherwise gunitune does not know it. ``DATABASE_URL`` is used as given.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _storm_all_valid(server: GunicornProcess, driver: str) -> None:
     assert server.count("Traceback") == 0
 
 
-@pytest.mark.parametrize("engines", ["found", "explicit"])
+@pytest.mark.parametrize("engines", ["unnamed", "explicit"])
 def test_plain_sqlalchemy_app_storm(
     gunicorn: GunicornFactory, postgres: PostgresCluster, engines: str
 ) -> None:
@@ -47,9 +47,11 @@ def test_plain_sqlalchemy_app_storm(
     )
     _storm_all_valid(server, test_driver())
     ready = _worker_ready(server)
-    assert ready and all(e["db_slots"] == 10 for e in ready), ready  # the engine's 4 + 6
-    found = server.count("engines_found_in_process")
-    assert found == (2 if engines == "found" else 0)
+    # Named: the engine's 4 + 6. Unnamed: GUNITUNE_POOL_SIZE + MAX_OVERFLOW (5 + 10),
+    # the QueuePool's own timeout then guards the rest.
+    slots = 10 if engines == "explicit" else 15
+    assert ready and all(e["db_slots"] == slots for e in ready), ready
+    assert server.count("no_engines_named") == (0 if engines == "explicit" else 2)
 
 
 # Hides psycopg 3 from a process, as if only psycopg2 were installed.

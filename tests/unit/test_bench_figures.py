@@ -221,6 +221,7 @@ def test_configurations() -> None:
 
 
 def test_server_environ_drops_inherited_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PG_DRIVER", raising=False)
     monkeypatch.setenv("GUNITUNE_WORKERS", "9")
     monkeypatch.setenv("DEMO_IO_SECONDS", "99")
     monkeypatch.setenv("GUNICORN_CMD_ARGS", "--workers 9")
@@ -228,7 +229,11 @@ def test_server_environ_drops_inherited_knobs(monkeypatch: pytest.MonkeyPatch) -
     env = configs.server_environ(stock, "postgresql://u:p@127.0.0.1:5/db")
     assert "GUNITUNE_WORKERS" not in env and "GUNICORN_CMD_ARGS" not in env
     assert env["DEMO_IO_SECONDS"] == "5.0"
-    assert env["DATABASE_URL"] == "postgresql://u:p@127.0.0.1:5/db"
+    # The demo's driver named: psycopg2 unless PG_DRIVER says psycopg.
+    assert env["DATABASE_URL"] == "postgresql+psycopg2://u:p@127.0.0.1:5/db"
+    monkeypatch.setenv("PG_DRIVER", "psycopg")
+    env = configs.server_environ(stock, "postgres://u:p@127.0.0.1:5/db")
+    assert env["DATABASE_URL"] == "postgresql+psycopg://u:p@127.0.0.1:5/db"
 
 
 def test_scenarios() -> None:

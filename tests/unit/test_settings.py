@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "budget_check": "error",
     "green_check": "error",
     "queue_timeout": None,
+    "outage_wait": 15.0,
     "max_held": 5000,
     "fast_seconds": 0.1,
     "adaptive": "on",

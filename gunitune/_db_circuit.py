@@ -1,0 +1,169 @@
+"""The database circuits of one worker: hold the lanes while the database is away.
+
+Each engine has a :class:`gunitune.core.circuit.Circuit`. The first outage
+error (a lost connection, a refused connect, a server shutting down) opens it:
+the database lanes stop admitting, so queued requests wait for the database
+instead of each failing in turn; one greenlet probes the database (one
+``SELECT 1``, backing off); its success closes the circuit and the lanes go on.
+Requests that waited longer than the outage wait get 503 + ``Retry-After``.
+Connections opened before the outage are replaced at their next checkout, so
+the first requests after a restart do not meet dead sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import Engine
+
+from gunitune.core.circuit import Circuit
+from gunitune.postgres import unreachable_error
+
+if TYPE_CHECKING:
+    from gunitune.limiter import Limiter
+
+__all__ = ["DbCircuits", "outage_error"]
+
+log = structlog.get_logger("gunitune")
+# SQLSTATEs of a server going away: admin/crash shutdown, "cannot connect now"
+# (starting up), and class 08 (connection exceptions).
+_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# A connect that failed for these reasons is an outage; auth, a missing
+# database or a bad URL are configuration errors that waiting will not fix.
+_OUTAGE_CONNECT_KINDS = frozenset({"refused", "timeout", "starting", "dns", "other"})
+_PROBE_TIMEOUT = 5.0  # seconds one probe may take, connect included
+
+
+def outage_error(context: Any) -> bool:
+    """Did this failure (a SQLAlchemy ``ExceptionContext``) come from the database being away?"""
+    if getattr(context, "is_pre_ping", False):
+        return False  # a stale pooled connection: the pool retries with a fresh one
+    original = context.original_exception
+    if not isinstance(original, Exception):
+        return False  # GreenletExit, gevent.Timeout: the request was interrupted
+    if context.is_disconnect:
+        return True
+    code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
+    if isinstance(code, str):
+        return code in _OUTAGE_STATES or code.startswith("08")
+    connect_failed = context.connection is None
+    if connect_failed and isinstance(context.sqlalchemy_exception, exc.OperationalError):
+        # A failed connect carries no SQLSTATE: classify libpq's message.
+        return unreachable_error("postgresql://", original).kind in _OUTAGE_CONNECT_KINDS
+    return False
+
+
+class DbCircuits:
+    """The circuits of a worker's engines, holding ``limiter``'s database lanes while open."""
+
+    def __init__(
+        self,
+        engines: list[Engine],
+        limiter: Callable[[], Limiter | None],
+        *,
+        outage_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limiter = limiter
+        self._outage_wait = outage_wait
+        self._clock = clock
+        self._circuits = {id(e): (e, Circuit()) for e in engines}
+        self._outage_started: dict[int, float] = {}  # wall clock: pool records use time.time()
+        for engine in engines:
+            replace = functools.partial(self._replace_stale, id(engine))
+            event.listen(engine, "checkout", replace, insert=True)
+
+    @property
+    def any_open(self) -> bool:
+        """Some database is away: its requests wait."""
+        return any(not c.is_closed for _, c in self._circuits.values())
+
+    def open_for(self) -> float:
+        """Seconds the longest current outage has lasted (0 when all are closed)."""
+        now = self._clock()
+        return max((now - c.opened_at for _, c in self._circuits.values() if not c.is_closed),
+                   default=0.0)  # fmt: skip
+
+    def on_error(self, context: Any) -> bool:
+        """A query or connect failed (SQLAlchemy's ``handle_error``); True for an outage."""
+        if not outage_error(context):
+            return False
+        engine = context.engine
+        entry = self._circuits.get(id(engine)) if engine is not None else None
+        if entry is None:
+            return True
+        _, circuit = entry
+        if circuit.failure(self._clock()):
+            self._outage_started[id(engine)] = time.time()
+            limiter = self._limiter()
+            if limiter is not None:
+                limiter.hold_db(True)
+            log.warning(
+                "db_circuit_open",
+                engine=engine.url.render_as_string(hide_password=True),
+                reason=type(context.original_exception).__name__,
+                pid=os.getpid(),
+            )
+            # A thread, green under gevent's monkey-patching: one per outage.
+            threading.Thread(
+                target=self._probe_until_back, args=(engine, circuit), daemon=True
+            ).start()
+        return True
+
+    def _replace_stale(self, key: int, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = self._outage_started.get(key)
+        if since is not None and record.starttime < since:
+            # Opened before the outage: its socket is dead. The pool reconnects
+            # this record and fires checkout again.
+            raise exc.DisconnectionError("connection opened before a database outage")
+
+    def _probe_until_back(self, engine: Engine, circuit: Circuit) -> None:
+        while not circuit.is_closed:
+            time.sleep(circuit.seconds_to_probe(self._clock()) or 0.05)
+            self._refuse_overdue()
+            if not circuit.start_probe(self._clock()):
+                continue
+            if self._probe(engine):
+                outage = circuit.success(self._clock())
+                limiter = self._limiter()
+                if limiter is not None and not self.any_open:
+                    limiter.hold_db(False)
+                log.info(
+                    "db_circuit_closed",
+                    engine=engine.url.render_as_string(hide_password=True),
+                    outage_seconds=round(outage or 0.0, 3),
+                    failed_probes=circuit.failed_probes,
+                    pid=os.getpid(),
+                )
+            else:
+                circuit.failure(self._clock())
+
+    def _probe(self, engine: Engine) -> bool:
+        from gevent import Timeout, monkey
+
+        # Under gevent a probe that hangs (packets dropped) is cut here; with
+        # threads the connect timeout gunitune gives every connection bounds it.
+        deadline = Timeout(_PROBE_TIMEOUT) if monkey.is_module_patched("threading") else None
+        try:
+            with deadline or contextlib.nullcontext(), engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (Exception, Timeout):
+            return False
+        return True
+
+    def _refuse_overdue(self) -> None:
+        limiter = self._limiter()
+        if limiter is not None:
+            limiter.refuse_db_waiting(self._clock() - self._outage_wait)
+
+    def retry_after(self) -> int:
+        """Seconds a client should wait: the outage's length so far, 1 to 30."""
+        return max(1, min(30, round(self.open_for())))
