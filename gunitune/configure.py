@@ -26,6 +26,7 @@ from gunitune.core.planner import Plan, make_plan
 from gunitune.core.settings import Settings
 from gunitune.core.urls import UnsupportedDatabaseURL
 from gunitune.database_url import masked, with_driver
+from gunitune.postgres import DatabaseUnreachable
 
 __all__ = [
     "WORKER_CLASS",
@@ -40,6 +41,8 @@ __all__ = [
 
 WORKER_CLASS = "gunitune.worker.GuniTuneWorker"
 _CONNECT_TIMEOUT = 5.0
+# Unreachable for reasons waiting will not fix: stop with one line at start.
+_MISCONFIGURED = frozenset({"auth", "no_database", "invalid"})
 # Connect, one query, and a fork: generous, but a hung database must not hang the start.
 _BUDGET_READ_TIMEOUT = 3 * _CONNECT_TIMEOUT
 log = structlog.get_logger("gunitune")
@@ -179,6 +182,15 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         return
     try:
         complaint = check_database_budget(derived, url)
+    except DatabaseUnreachable as exc:
+        if exc.kind not in _MISCONFIGURED:
+            # Start anyway: health checks and routes without a database serve,
+            # and database routes answer 503 + Retry-After until it is back: a
+            # host must be able to start during an outage. A measured shortfall
+            # or a wrong URL still stops it.
+            log.warning("postgres_budget_unchecked", problem=str(exc), kind=exc.kind)
+            return
+        complaint = str(exc)
     except GunituneError as exc:
         complaint = str(exc)
     if complaint is None:

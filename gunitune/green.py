@@ -36,6 +36,7 @@ __all__ = [
     "require_green_driver",
 ]
 
+_CANCEL_WAIT = 1.0  # seconds an interrupted query's cancel may delay the exception
 # Overlap threshold: two sleeps that ran concurrently take ~1x, serialized ~2x.
 # 1.6x leaves room for connection latency and a busy CI machine on either side.
 _OVERLAP_FACTOR = 1.6
@@ -60,35 +61,60 @@ _PSYCOPG3_TOO_EARLY = (
 def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
     """Wait for a non-blocking psycopg2 operation by parking the greenlet.
 
-    Installed with ``psycopg2.extensions.set_wait_callback``. If the wait is
-    interrupted (``gevent.Timeout``, ``GreenletExit``, KeyboardInterrupt...)
-    the running query is cancelled on the server before the exception goes on:
-    otherwise the backend would keep running it, holding its locks and its
-    connection slot, long after the request has given up.
+    Installed with ``psycopg2.extensions.set_wait_callback``. A connect waits
+    at most the DSN's ``connect_timeout`` (libpq enforces it only in its own
+    blocking connect). If a query's wait is interrupted (``gevent.Timeout``,
+    ``GreenletExit``...) the query is cancelled on the server before the
+    exception goes on, from a thread and for at most a second: ``PQcancel``
+    opens a blocking connection, which would stall the worker if the server
+    has gone silent.
     """
     # Imported here so that importing gunitune.green never drags gevent or
     # psycopg2 into a process that only wants the module's other helpers.
     from gevent.socket import wait_read, wait_write
     from psycopg2 import OperationalError
-    from psycopg2.extensions import POLL_OK, POLL_READ, POLL_WRITE
+    from psycopg2.extensions import POLL_OK, POLL_READ, POLL_WRITE, STATUS_SETUP
 
+    connecting = conn.status == STATUS_SETUP
+    limit = _connect_timeout(conn.dsn) if connecting else timeout
+    deadline = None if limit is None else time.monotonic() + limit
     while True:
         state = conn.poll()
         if state == POLL_OK:
             return
+        if state not in (POLL_READ, POLL_WRITE):
+            raise OperationalError(f"bad state from psycopg2 poll(): {state!r}")
+        left = None if deadline is None else deadline - time.monotonic()
+        expired = OperationalError("timeout expired")  # libpq's words: classified alike
+        if left is not None and left <= 0:
+            raise expired
         try:
-            if state == POLL_READ:
-                wait_read(conn.fileno(), timeout=timeout)
-            elif state == POLL_WRITE:
-                wait_write(conn.fileno(), timeout=timeout)
-            else:
-                raise OperationalError(f"bad state from psycopg2 poll(): {state!r}")
+            wait = wait_read if state == POLL_READ else wait_write
+            wait(conn.fileno(), timeout=left, timeout_exc=expired)
         except BaseException:
-            if state in (POLL_READ, POLL_WRITE):
-                # The original error matters more than a failed cancel.
-                with contextlib.suppress(Exception):
-                    conn.cancel()
+            if not connecting:
+                _cancel_soon(conn)
             raise
+
+
+def _connect_timeout(dsn: str) -> float | None:
+    """The DSN's ``connect_timeout`` as libpq reads it: 0 or unset waits forever, 1 means 2."""
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        seconds = int(parse_dsn(dsn).get("connect_timeout", 0))
+    except Exception:  # a DSN psycopg2 cannot read: no limit of ours
+        return None
+    return None if seconds <= 0 else float(max(2, seconds))
+
+
+def _cancel_soon(conn: Any) -> None:
+    """Cancel the running query from gevent's thread pool, waiting at most a second."""
+    import gevent
+
+    # The original error matters more than a failed or slow cancel.
+    with contextlib.suppress(Exception, gevent.Timeout):
+        gevent.get_hub().threadpool.spawn(conn.cancel).get(timeout=_CANCEL_WAIT)
 
 
 def make_psycopg2_green() -> bool:

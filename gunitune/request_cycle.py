@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 
 from gunitune._db_circuit import DbCircuits
 from gunitune._db_holds import Holds, capacity_error
+from gunitune._db_timeouts import add_connect_defaults
 from gunitune._request_parts import (
     BlockReports,
     ClosingBody,
@@ -83,6 +84,7 @@ class _InFlight:
     db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
     scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
     outage: bool = False  # its database work was cut by an outage
+    built: bool = False  # its response body is built (not streamed): nothing runs after
 
 
 @dataclass
@@ -110,6 +112,7 @@ class RequestCycle:
     def __post_init__(self) -> None:
         self.circuits = DbCircuits(self.engines, lambda: self.limiter, outage_wait=self.outage_wait)
         for engine in self.engines:
+            add_connect_defaults(engine)
             event.listen(engine, "checkout", self._on_checkout)
             event.listen(engine, "checkin", self._on_checkin)
             event.listen(engine, "handle_error", self._on_db_error)
@@ -164,6 +167,13 @@ class RequestCycle:
             self.meter.start(known.route)
         if state.ticket is not None or state.measured:
             environ[_ENVIRON_KEY] = state
+
+    def after_request(self, response: Any) -> Any:
+        """Note whether the response is built: a streamed body keeps its slots while it runs."""
+        state = _current.get()
+        if isinstance(state, _InFlight):
+            state.built = not response.is_streamed
+        return response
 
     def _learn_rule(self, rule: Any) -> _Route:
         """Cache what a URL rule needs per request: its decorator mode, route name, profile."""
@@ -227,7 +237,13 @@ class RequestCycle:
             except BaseException:
                 self.finish(environ)
                 raise
-            if _ENVIRON_KEY not in environ:
+            state = environ.get(_ENVIRON_KEY)
+            if state is None:
+                return body
+            if state.built and state.holds.open == 0:
+                # Built, and every connection is back: a slow reader of a large
+                # response must not hold a database slot while it reads.
+                self.finish(environ)
                 return body
             return ClosingBody(body, lambda: self.finish(environ))
 

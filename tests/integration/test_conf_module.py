@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,17 @@ def _gunicorn_exits(
     return subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def _get(port: int, path: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, headers, response.read()
+    finally:
+        conn.close()
 
 
 def _base_env(postgres: PostgresCluster) -> dict[str, str]:
@@ -82,14 +94,29 @@ def test_budget_check_warn_starts_anyway(gunicorn: GunicornFactory) -> None:
     assert server.count("300 needed") == 1
 
 
-def test_unreachable_database_is_one_line(postgres: PostgresCluster) -> None:
-    url = f"postgresql://gunitune:{postgres.password}@127.0.0.1:{free_port()}/gunitune"
+def test_wrong_password_is_one_line(postgres: PostgresCluster) -> None:
+    url = postgres.url.replace(postgres.password, "Wrong-" + postgres.password[::-1])
     done = _gunicorn_exits(_base_env(postgres) | {"DATABASE_URL": url})
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
     assert len(errors) == 1 and "cannot reach DATABASE_URL" in errors[0], done.stderr
-    assert postgres.password not in done.stderr + done.stdout
+    assert "check the user name and password" in errors[0]
+    assert postgres.password[::-1] not in done.stderr + done.stdout
+
+
+def test_unreachable_database_starts_with_a_warning(
+    gunicorn: GunicornFactory, postgres: PostgresCluster
+) -> None:
+    """Issue 10: a host starts during an outage; database routes answer 503 + Retry-After."""
+    url = f"postgresql://gunitune:{postgres.password}@127.0.0.1:{free_port()}/gunitune"
+    env = {"DATABASE_URL": url}
+    server = gunicorn(config="python:gunitune.conf", env=env, probe_path="/health")
+    assert server.count("postgres_budget_unchecked") == 1
+    assert "connection refused" in server.log_text()
+    status, headers, _ = _get(server.port, "/io")
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    assert postgres.password not in server.log_text()
 
 
 @pytest.mark.parametrize(

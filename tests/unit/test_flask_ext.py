@@ -22,6 +22,7 @@ from sqlalchemy.pool import QueuePool
 from structlog.testing import capture_logs
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.test import EnvironBuilder
 
 from gunitune import flask_ext
 from gunitune._request_parts import client_gone
@@ -1044,3 +1045,25 @@ def test_a_slow_route_scouts_in_the_fast_lane_while_warming_up(
     assert seen(app)[:WARMUP_SAMPLES] == [ONE_FAST] * WARMUP_SAMPLES
     assert seen(app)[WARMUP_SAMPLES] == ONE_SLOW
     assert not tune.cycle(app).profiles.get("/slowq").scouting
+
+
+def test_slot_released_before_a_slow_reader_reads(tmp_path: Path, made: Made) -> None:
+    """Issue 10 item 7: a built response whose connection is back frees its slot at once."""
+    app, db = make_app(tmp_path, made)
+    tune = GuniTune(app, db)
+    limiter = limiter_of(tune, app)
+
+    @app.get("/big")
+    @tune.slow
+    def big() -> str:
+        db.session.execute(text("select 1"))
+        return "x" * 100_000
+
+    environ = EnvironBuilder(path="/big").get_environ()
+    body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        assert limiter.db.used == 0  # the client has not read a byte yet
+        assert tune.stats(app)["routes"]["/big"]["samples"] == 1
+        assert b"".join(body) == b"x" * 100_000
+    finally:
+        getattr(body, "close", lambda: None)()
