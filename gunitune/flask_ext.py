@@ -130,7 +130,8 @@ class GuniTune:
         # First among the app's hooks: a request waits for its lane before the
         # app's own before_request functions may touch the database.
         app.before_request_funcs.setdefault(None, []).insert(0, cycle.before_request)
-        app.after_request_funcs.setdefault(None, []).append(cycle.after_request)  # runs last
+        # Flask runs after_request functions last-registered first: at index 0, after all.
+        app.after_request_funcs.setdefault(None, []).insert(0, cycle.watch.after_request)
         app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.stats_path:
             view = stats_view(self.stats, app, settings.stats_token)

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from gunitune._db_circuit import DbCircuits
-from gunitune._db_holds import Holds, capacity_error
 from gunitune._db_timeouts import add_connect_defaults
 from gunitune._request_parts import (
     BlockReports,
@@ -39,6 +37,7 @@ from gunitune._request_parts import (
     decide_lanes,
     keep_retry_after,
 )
+from gunitune._request_state import DbWatch, InFlight, RouteRef, current
 from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
@@ -54,37 +53,7 @@ __all__ = ["RequestCycle"]
 
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
-_HELD_KEY = "gunitune_held"  # in a pool record's info: the request state holding it
-# The request running in this greenlet, for the pool's checkout listener: its
-# state when it is tracked, its route when it took the hot path.
 _OWN_LIMITER_LOCK = threading.Lock()
-_current: ContextVar[_InFlight | _Route | None] = ContextVar("gunitune_request", default=None)
-
-
-@dataclass(slots=True, frozen=True)
-class _Route:
-    """A URL rule as the hot path needs it (cached by the rule's identity)."""
-
-    route: str
-    mode: str | None
-    profile: RouteProfile
-
-
-@dataclass(slots=True)
-class _InFlight:
-    route: str
-    profile: RouteProfile
-    mode: str | None
-    db_lane: str
-    cpu: bool
-    measured: bool
-    ticket: Ticket | None = None
-    used_db: bool = False
-    holds: Holds = field(default_factory=Holds)  # connections held, checkout to checkin
-    db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
-    scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
-    outage: bool = False  # its database work was cut by an outage
-    built: bool = False  # its response body is built (not streamed): nothing runs after
 
 
 @dataclass
@@ -105,17 +74,18 @@ class RequestCycle:
     outage_wait: float = 15.0
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
-    _routes: dict[int, _Route] = field(default_factory=dict)
+    _routes: dict[int, RouteRef] = field(default_factory=dict)
     _blocks: BlockReports = field(default_factory=BlockReports)
     _watcher: PressureWatcher = field(default_factory=PressureWatcher)
 
     def __post_init__(self) -> None:
         self.circuits = DbCircuits(self.engines, lambda: self.limiter, outage_wait=self.outage_wait)
+        self.watch = DbWatch(self.profiles, self.circuits, self.clock)
         for engine in self.engines:
             add_connect_defaults(engine)
-            event.listen(engine, "checkout", self._on_checkout)
-            event.listen(engine, "checkin", self._on_checkin)
-            event.listen(engine, "handle_error", self._on_db_error)
+            event.listen(engine, "checkout", self.watch.on_checkout)
+            event.listen(engine, "checkin", self.watch.on_checkin)
+            event.listen(engine, "handle_error", self.watch.on_db_error)
 
     def attach(self, limiter: Limiter) -> None:
         """Use the worker's limiter (called once by the worker, after the app loaded)."""
@@ -139,7 +109,7 @@ class RequestCycle:
         except KeyError:
             known = self._learn_rule(rule)
         if known.mode == EXEMPT:
-            _current.set(None)
+            current.set(None)
             return
         profile = known.profile
         now = self.clock()
@@ -147,11 +117,11 @@ class RequestCycle:
         if not (measured or known.mode) and profile.lane == EXEMPT:
             # The hot path of a route that needs nothing: no slot, no measurement.
             # The checkout listener still sees it, should it touch the database.
-            _current.set(known)
+            current.set(known)
             return
         db_lane, cpu = decide_lanes(known.mode, self.profiles.lanes_for(profile))
-        state = _InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
-        _current.set(state)
+        state = InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
+        current.set(state)
         environ = req.environ
         if cpu or db_lane != EXEMPT:
             self._watcher.start(self.pressure_interval, self.telemetry, lambda: self.limiter)
@@ -168,14 +138,7 @@ class RequestCycle:
         if state.ticket is not None or state.measured:
             environ[_ENVIRON_KEY] = state
 
-    def after_request(self, response: Any) -> Any:
-        """Note whether the response is built: a streamed body keeps its slots while it runs."""
-        state = _current.get()
-        if isinstance(state, _InFlight):
-            state.built = not response.is_streamed
-        return response
-
-    def _learn_rule(self, rule: Any) -> _Route:
+    def _learn_rule(self, rule: Any) -> RouteRef:
         """Cache what a URL rule needs per request: its decorator mode, route name, profile."""
         if rule is None:
             name, mode = "<unmatched>", None
@@ -189,12 +152,12 @@ class RequestCycle:
                 name = f"{rule.rule} [{rule.endpoint}]"
         # Exempt views are never measured: no profile in the stats for them.
         profile = RouteProfile() if mode == EXEMPT else self.profiles.get(name)
-        known = _Route(name, mode, profile)
+        known = RouteRef(name, mode, profile)
         self._routes[id(rule)] = known
         return known
 
     def _acquire(
-        self, state: _InFlight, mode: str | None, environ: WSGIEnvironment
+        self, state: InFlight, mode: str | None, environ: WSGIEnvironment
     ) -> Ticket | None:
         limiter = self._limiter()
         sock = environ.get("gunicorn.socket")
@@ -251,7 +214,7 @@ class RequestCycle:
 
     def finish(self, environ: WSGIEnvironment) -> None:
         """Release the slots, learn from the request, report loop blocks."""
-        state: _InFlight | None = environ.pop(_ENVIRON_KEY, None)
+        state: InFlight | None = environ.pop(_ENVIRON_KEY, None)
         if state is None:
             return
         ticket = state.ticket
@@ -286,48 +249,6 @@ class RequestCycle:
             )
         if account.longest_slice >= self.block_threshold:
             self._report_block(state.route, account.longest_slice)
-
-    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        state = _current.get()
-        if state is None:
-            return
-        if isinstance(state, _Route):
-            self.profiles.saw_database(state.route)
-            return
-        if state.ticket is not None:
-            # Kept on the connection record: the checkin may run where the
-            # request's context is gone (garbage collection, another greenlet).
-            record.info[_HELD_KEY] = state
-            state.holds.opened(self.clock())
-        if state.used_db:
-            return
-        state.used_db = True
-        if state.db_lane == EXEMPT:
-            # A route learned as database-free used the database: back to a lane.
-            self.profiles.saw_database(state.route)
-
-    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
-        state = record.info.pop(_HELD_KEY, None)
-        if state is not None:
-            state.holds.closed(self.clock())
-
-    def _on_db_error(self, context: Any) -> None:
-        state = _current.get()
-        outage = self.circuits.on_error(context)
-        if state is None:
-            return
-        if isinstance(state, _Route):
-            self.profiles.saw_database(state.route)  # a failed connect never checks out
-        else:
-            state.used_db = True
-            state.db_failed = state.db_failed or capacity_error(context)
-            state.outage = state.outage or outage
-        if outage:
-            # In place of the driver's error: a 503 through the app's error
-            # handlers. Not retried: the statement may have run.
-            retry_after = self.circuits.retry_after()
-            after_this_request(partial(keep_retry_after, retry_after))
-            raise DatabaseUnavailable(retry_after, "the database is unavailable")
 
     def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:
         if self.retry_after is not None:

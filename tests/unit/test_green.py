@@ -35,10 +35,14 @@ def restore_wait_callback() -> Iterator[None]:
 class FakeConn:
     """Plays back poll() states; records cancel()."""
 
-    def __init__(self, states: list[int], fd: int = 7) -> None:
+    def __init__(
+        self, states: list[int], fd: int = 7, status: int = extensions.STATUS_READY, dsn: str = ""
+    ) -> None:
         self.states = list(states)
         self.fd = fd
         self.cancelled = 0
+        self.status = status
+        self.dsn = dsn
 
     def poll(self) -> int:
         return self.states.pop(0)
@@ -51,7 +55,7 @@ class FakeConn:
 
 
 def _record(calls: list[str], name: str) -> Callable[..., None]:
-    def wait(fd: int, timeout: float | None = None) -> None:
+    def wait(fd: int, timeout: float | None = None, timeout_exc: object = None) -> None:
         calls.append(f"{name}({fd})")
 
     return wait
@@ -113,7 +117,7 @@ def test_unknown_poll_state_raises_operational_error() -> None:
 def test_interrupted_wait_cancels_then_reraises(
     monkeypatch: pytest.MonkeyPatch, error: BaseException
 ) -> None:
-    def interrupted(fd: int, timeout: float | None = None) -> None:
+    def interrupted(fd: int, timeout: float | None = None, timeout_exc: object = None) -> None:
         raise error
 
     monkeypatch.setattr(gevent.socket, "wait_read", interrupted)
@@ -126,7 +130,7 @@ def test_interrupted_wait_cancels_then_reraises(
 def test_failing_cancel_does_not_hide_the_original_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def interrupted(fd: int, timeout: float | None = None) -> None:
+    def interrupted(fd: int, timeout: float | None = None, timeout_exc: object = None) -> None:
         raise gevent.Timeout(0.1)
 
     class BadCancel(FakeConn):
@@ -200,3 +204,42 @@ def test_require_green_driver_raises_the_check_message(monkeypatch: pytest.Monke
     fine = dataclasses.replace(blocked, yields=True, message="psycopg2 yields")
     monkeypatch.setattr(green, "check_driver_yields", lambda url, **kw: fine)
     assert green.require_green_driver("postgresql://app:pw@127.0.0.1/app") is fine
+
+
+def test_a_connect_waits_at_most_its_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10: libpq's connect_timeout binds only its blocking connect; ours enforces it."""
+    seen: list[float | None] = []
+
+    def silent_host(fd: int, timeout: float | None = None, timeout_exc: object = None) -> None:
+        seen.append(timeout)
+        assert isinstance(timeout_exc, BaseException)
+        raise timeout_exc  # what gevent does when the timeout passes
+
+    monkeypatch.setattr(gevent.socket, "wait_write", silent_host)
+    conn = FakeConn(
+        [extensions.POLL_WRITE], status=extensions.STATUS_SETUP, dsn="host=db connect_timeout=3"
+    )
+    with pytest.raises(psycopg2.OperationalError, match="timeout expired"):
+        green.gevent_wait_callback(conn)
+    assert seen and seen[0] is not None and 2.5 < seen[0] <= 3
+    assert conn.cancelled == 0  # nothing runs on the server yet: no cancel
+
+
+@pytest.mark.parametrize(
+    ("dsn", "limit"),
+    [("connect_timeout=1", 2.0), ("connect_timeout=0", None), ("host=db", None),
+     ("connect_timeout=10", 10.0)],
+)
+def test_connect_timeout_is_read_as_libpq_reads_it(dsn: str, limit: float | None) -> None:
+    assert green._connect_timeout(dsn) == limit
+
+
+def test_a_query_wait_has_no_deadline_of_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float | None] = []
+
+    def wait(fd: int, timeout: float | None = None, timeout_exc: object = None) -> None:
+        seen.append(timeout)
+
+    monkeypatch.setattr(gevent.socket, "wait_read", wait)
+    green.gevent_wait_callback(FakeConn([extensions.POLL_READ, extensions.POLL_OK]))
+    assert seen == [None]  # a long query is legitimate; keepalives find a dead peer
