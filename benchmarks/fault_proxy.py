@@ -12,16 +12,15 @@ call its methods from the test process::
         proxy.passthrough()   # back to forwarding (the delay stays as set)
 
 Drop accepts new connections but never connects them upstream, and stops forwarding
-bytes on open ones; nothing is closed, so clients see neither RST nor FIN: a query
-or a connect only ends by the client's own timeout. Unlike a real blackhole the
-kernel still completes the TCP handshake and ACKs what is sent (so TCP keepalive
-does not notice), and when the drop ends every held byte is delivered at once, like
-a partition that heals without TCP's retransmission back-off. An accept queue kept
-full instead would make connects hang in SYN retries, whose 1, 3, 7, 15 s back-off
-would blur the "time to service after the drop" this proxy exists to measure.
+on open ones, closing nothing: a query or a connect ends only by the client's own
+timeout. Unlike a real blackhole the kernel still completes handshakes and ACKs
+(TCP keepalive does not notice), and when the drop ends the held bytes are
+delivered at once, like a partition healing without TCP's retransmission back-off;
+a full accept queue would make connects hang in SYN retries instead, whose 1, 3,
+7 s back-off would blur the "time to service after the drop" measured with it.
 
-Two threads per connection (one per direction), one accepting. ``stop()`` resets
-every connection and joins every thread: nothing is left behind.
+Two threads per connection (one per direction) and one accepting; ``stop()``
+resets every connection and joins every thread.
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ class _Conn:
         self.upstream: socket.socket | None = None
         self.reset = False  # close both sides with an RST when the pumps are done
         self.pumps = 0  # pumps still running; the last one closes the sockets
-        self.done = False
 
     def wake(self) -> None:
         # SHUT_RD wakes a thread blocked in recv() without sending anything (no FIN),
@@ -85,8 +83,6 @@ class FaultProxy:
         self._conns: set[_Conn] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self.accepted = 0
-        self.resets = 0
 
     # -- control (any thread) -------------------------------------------------------
 
@@ -128,7 +124,6 @@ class FaultProxy:
             for conn in conns:
                 conn.reset = True
                 conn.wake()
-            self.resets += len(conns)
             self._cond.notify_all()
         return len(conns)
 
@@ -234,7 +229,6 @@ class FaultProxy:
                     _abort(client)
                     continue
                 self._conns.add(conn)
-                self.accepted += 1
             self._spawn(self._serve, "fault-proxy-conn", conn)
 
     def _await_flow(self, conn: _Conn) -> bool:
@@ -254,7 +248,6 @@ class FaultProxy:
                 upstream = None  # upstream down: the client gets an RST, as from a proxy
         with self._cond:
             if upstream is None or conn.reset or self._stopping:
-                conn.done = True
                 self._conns.discard(conn)
                 _abort(conn.client)
                 _abort(upstream)
@@ -293,7 +286,6 @@ class FaultProxy:
             conn.pumps -= 1
             if conn.pumps > 0:
                 return
-            conn.done = True
             self._conns.discard(conn)
             if conn.reset:
                 _abort(conn.client)

@@ -100,7 +100,7 @@ def plot(result: Mapping[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.4 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(12, 3.4 * len(runs)), squeeze=False)
     for ax, (name, run) in zip(axes[:, 0], runs.items(), strict=True):
         for outcome, color in _COLORS.items():
             pts = [(f, f - s) for s, f, o in run["timeline"] if o == outcome]
@@ -123,7 +123,8 @@ def plot(result: Mapping[str, Any], path: Path) -> bool:
         ax.set_title(f"{name}: latency of each request at its finish time")
         ax.set_xlabel("seconds since the storm began")
         ax.set_ylabel("latency (s)")
-        ax.legend(fontsize=7, loc="upper left", ncol=3, markerscale=2)
+        # Outside the axes: the points fill every corner of a fault's panel.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
