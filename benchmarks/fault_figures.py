@@ -85,7 +85,8 @@ def answered_within(
 ) -> dict[str, Any]:
     """Requests open during ``[start, end]`` (seconds since ``t0``): how long each took
     to be answered, counted from ``max(its start, start)``, and with what outcome."""
-    waits, outcomes = [], Counter()
+    waits: list[float] = []
+    outcomes: Counter[str] = Counter()
     for r in results:
         began, finished = r.started - t0, r.finished - t0
         if finished >= start and began <= end:

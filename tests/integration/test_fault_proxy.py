@@ -194,8 +194,10 @@ def _dsn(postgres: PostgresCluster, proxy: FaultProxy) -> str:
 
 
 def test_pg_refused_fails_fast(postgres: PostgresCluster, pg_proxy: FaultProxy) -> None:
-    with contextlib.closing(psycopg2.connect(_dsn(postgres, pg_proxy))) as conn:
-        assert conn.cursor().execute("SELECT 1") is None
+    conn = psycopg2.connect(_dsn(postgres, pg_proxy))
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
     pg_proxy.refuse()
     started = time.monotonic()
     with pytest.raises(psycopg2.OperationalError, match="refused"):
