@@ -149,6 +149,21 @@ class PostgresCluster:
         self._kill_leftovers(wait=1)
         self._launch()
 
+    def stop_server(self) -> None:
+        """``pg_ctl stop -m fast`` (SIGKILL after 10 s): the server goes, its data stays.
+
+        What a database restart or outage looks like to clients: connections are
+        closed, new connects are refused.  ``start_server()`` brings it back on the same port.
+        """
+        self._pg_ctl_stop()
+        self._kill_leftovers(wait=1)
+
+    def start_server(self) -> None:
+        """Start the server stopped by ``stop_server()``; returns once it accepts logins."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError("postgres is already running")
+        self._launch()
+
     def _log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])

@@ -285,6 +285,11 @@ class GunicornProcess:
             raise RuntimeError("GunicornProcess not started")
         self._proc.send_signal(getattr(signal, f"SIG{name}"))
 
+    @property
+    def returncode(self) -> int | None:
+        """The master's exit code once it has exited, else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def is_running(self) -> bool:
         """True while the master process has not exited."""
         return self._proc is not None and self._proc.poll() is None
