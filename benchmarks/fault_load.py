@@ -44,8 +44,8 @@ class Fault:
     @property
     def url(self) -> str:
         if self.proxy is None:
-            return self.cluster.url
-        return self.cluster.url.replace(f":{self.cluster.port}/", f":{self.proxy.port}/")
+            return self.cluster.app_url
+        return self.cluster.app_url.replace(f":{self.cluster.port}/", f":{self.proxy.port}/")
 
     def down(self) -> None:
         self.is_down = True

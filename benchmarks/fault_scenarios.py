@@ -198,7 +198,7 @@ def run_reload(ctx: Ctx) -> dict[str, Any]:
     s = ctx.s
     extra = ["--max-requests", str(s.max_requests),
              "--max-requests-jitter", str(s.max_requests_jitter)]  # fmt: skip
-    run, load = _run(ctx, "reload", ctx.cluster.url, s.queue_timeout, extra, lambda server: [
+    run, load = _run(ctx, "reload", ctx.cluster.app_url, s.queue_timeout, extra, lambda server: [
         (s.fault_at, "hup", lambda: server.send_signal("HUP"))])  # fmt: skip
     if load is None:
         return _error_targets(run, [("nothing lost", "")])

@@ -120,7 +120,11 @@ class PostgresCluster:
     @property
     def app_url(self) -> str:
         """:attr:`url` naming the driver of ``PG_DRIVER``, for the apps under test."""
-        return self.url.replace("postgresql://", f"postgresql+{test_driver()}://", 1)
+        return self.driver_url(test_driver())
+
+    def driver_url(self, driver: str) -> str:
+        """:attr:`url` naming ``driver`` (``psycopg2`` or ``psycopg``) for SQLAlchemy."""
+        return self.url.replace("postgresql://", f"postgresql+{driver}://", 1)
 
     @property
     def logfile(self) -> Path:

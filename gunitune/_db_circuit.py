@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Engine
 
+from gunitune._db_stall import StallWatch
 from gunitune.core.circuit import Circuit
 from gunitune.postgres import unreachable_error
 
@@ -80,6 +81,7 @@ class DbCircuits:
         for engine in engines:
             replace = functools.partial(self._replace_stale, id(engine))
             event.listen(engine, "checkout", replace, insert=True)
+        self._stalls = StallWatch(engines, self.stalled, clock)
 
     @property
     def any_open(self) -> bool:
@@ -101,22 +103,29 @@ class DbCircuits:
         if entry is None:
             return True
         _, circuit = entry
-        if circuit.failure(self._clock()):
-            self._outage_started[id(engine)] = time.time()
-            limiter = self._limiter()
-            if limiter is not None:
-                limiter.hold_db(True)
-            log.warning(
-                "db_circuit_open",
-                engine=engine.url.render_as_string(hide_password=True),
-                reason=type(context.original_exception).__name__,
-                pid=os.getpid(),
-            )
-            # A thread, green under gevent's monkey-patching: one per outage.
-            threading.Thread(
-                target=self._probe_until_back, args=(engine, circuit), daemon=True
-            ).start()
+        self._open(engine, circuit, type(context.original_exception).__name__)
         return True
+
+    def stalled(self, engine: Engine) -> None:
+        """Nothing came back from ``engine``'s database and a fresh connection failed too."""
+        _, circuit = self._circuits[id(engine)]
+        self._open(engine, circuit, "no answer from the database (packets dropped?)")
+
+    def _open(self, engine: Engine, circuit: Circuit, reason: str) -> None:
+        if not circuit.failure(self._clock()):
+            return  # open already
+        self._outage_started[id(engine)] = time.time()
+        limiter = self._limiter()
+        if limiter is not None:
+            limiter.hold_db(True)
+        log.warning(
+            "db_circuit_open",
+            engine=engine.url.render_as_string(hide_password=True),
+            reason=reason,
+            pid=os.getpid(),
+        )
+        # A thread, green under gevent's monkey-patching: one per outage.
+        threading.Thread(target=self._probe_until_back, args=(engine, circuit), daemon=True).start()
 
     def _replace_stale(self, key: int, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         since = self._outage_started.get(key)

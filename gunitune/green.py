@@ -33,6 +33,7 @@ __all__ = [
     "make_psycopg2_green",
     "psycopg2_is_green",
     "psycopg_imported_before_patch",
+    "repair_psycopg_after_patch",
     "require_green_driver",
 ]
 
@@ -171,6 +172,22 @@ def psycopg_imported_before_patch() -> bool:
     chose_c = wait_c is not None and getattr(waiting, "wait", None) is wait_c
     stale_selector = getattr(waiting, "DefaultSelector", None) is not selectors.DefaultSelector
     return chose_c or stale_selector
+
+
+def repair_psycopg_after_patch() -> bool:
+    """Let psycopg 3 choose its wait functions again, now that gevent has patched ``select``.
+
+    For a worker whose master imported psycopg (``preload_app``): psycopg
+    makes the choice when ``psycopg.waiting`` runs, so running it again
+    (``importlib.reload``) makes the choice a freshly imported psycopg makes
+    under gevent. Its callers look the functions up on the module at each
+    call. Returns True when it repaired something; the worker's boot check
+    measures the result either way.
+    """
+    if not psycopg_imported_before_patch():
+        return False
+    importlib.reload(sys.modules["psycopg.waiting"])
+    return not psycopg_imported_before_patch()
 
 
 @dataclass(frozen=True)

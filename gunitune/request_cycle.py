@@ -120,6 +120,15 @@ class RequestCycle:
             current.set(known)
             return
         db_lane, cpu = decide_lanes(known.mode, self.profiles.lanes_for(profile))
+        if (
+            db_lane != EXEMPT
+            and known.mode is None
+            and self.circuits.any_open
+            and (profile.no_db_streak or not profile.samples)
+        ):
+            # The database is away and this route is not known to need it (a
+            # health check still warming up): no slot to wait for.
+            db_lane = EXEMPT
         state = InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
         current.set(state)
         environ = req.environ

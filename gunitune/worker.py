@@ -111,6 +111,16 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
                 log.info("engines_disposed_after_fork", pid=self.pid, engines=disposed)
         super().init_process()
 
+    def patch(self) -> None:
+        """gevent's monkey-patching, then psycopg 3 re-chooses its waits if it came too early."""
+        super().patch()
+        if green.repair_psycopg_after_patch():
+            log.info(
+                "psycopg_wait_repaired",
+                pid=self.pid,
+                why="psycopg was imported before gevent patched this worker (preload_app?)",
+            )
+
     def load_wsgi(self) -> None:
         """Load the app, then resolve the settings once and build this worker's limiter."""
         super().load_wsgi()

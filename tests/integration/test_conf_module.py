@@ -145,7 +145,9 @@ def test_bad_setting_is_one_line(
 
 
 def test_worker_refuses_a_driver_that_blocks_the_loop(postgres: PostgresCluster) -> None:
-    env = _base_env(postgres) | {"GUNITUNE_WORKERS": "1"}
+    # The app takes psycopg2's wait callback away: a psycopg2 matter.
+    env = _base_env(postgres) | {
+        "GUNITUNE_WORKERS": "1", "DATABASE_URL": postgres.driver_url("psycopg2")}  # fmt: skip
     command = [sys.executable, "-m", "gunicorn", "-c", "python:gunitune.conf"]
     command += ["-b", f"127.0.0.1:{free_port()}", "tests.integration.blocking_driver_app:app"]
     done = subprocess.run(

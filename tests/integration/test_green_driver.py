@@ -34,6 +34,7 @@ import gevent, psycopg2
 from psycopg2 import extensions
 from gunitune import green
 URL = os.environ["TEST_DATABASE_URL"]
+LIBPQ_URL = URL.replace("+psycopg2://", "://")  # psycopg2.connect() takes libpq's form
 """
 
 _OVERLAP = """
@@ -46,7 +47,7 @@ if MODE == "green":
     green.make_psycopg2_green()
 else:
     extensions.set_wait_callback(None)
-conns = [psycopg2.connect(URL) for _ in range(2)]
+conns = [psycopg2.connect(LIBPQ_URL) for _ in range(2)]
 started = time.perf_counter()
 gevent.joinall([gevent.spawn(sleep_on, c) for c in conns], raise_error=True)
 elapsed = time.perf_counter() - started
@@ -63,9 +64,9 @@ print(json.dumps({"elapsed": elapsed, "is_green": green.psycopg2_is_green(),
 
 _CANCEL = """
 green.make_psycopg2_green()
-conn = psycopg2.connect(URL)
+conn = psycopg2.connect(LIBPQ_URL)
 conn.autocommit = True
-probe = psycopg2.connect(URL)
+probe = psycopg2.connect(LIBPQ_URL)
 probe.autocommit = True
 started = time.perf_counter()
 try:
@@ -111,7 +112,7 @@ def _run_child(body: str, url: str, mode: str = "") -> dict[str, Any]:
 
 
 def test_green_psycopg2_runs_queries_concurrently(postgres: PostgresCluster) -> None:
-    result = _run_child(_OVERLAP, postgres.url, "green")
+    result = _run_child(_OVERLAP, postgres.driver_url("psycopg2"), "green")
     assert result["is_green"] is True
     assert result["elapsed"] < 0.5, result
     yields, driver, elapsed, message = result["check"]
@@ -122,7 +123,7 @@ def test_green_psycopg2_runs_queries_concurrently(postgres: PostgresCluster) -> 
 
 
 def test_plain_psycopg2_serializes_and_check_says_so(postgres: PostgresCluster) -> None:
-    result = _run_child(_OVERLAP, postgres.url, "plain")
+    result = _run_child(_OVERLAP, postgres.driver_url("psycopg2"), "plain")
     assert result["is_green"] is False
     assert result["elapsed"] >= 0.6, result
     yields, driver, elapsed, message = result["check"]
