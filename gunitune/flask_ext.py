@@ -103,7 +103,7 @@ class GuniTune:
             app=app,
             resolve_own=resolve_own,
             profiles=RouteProfiles(
-                threshold=min(settings.cpu_bound_ratio, 1.0), fast_seconds=settings.fast_seconds
+                threshold=settings.cpu_bound_ratio, fast_seconds=settings.fast_seconds
             ),
             meter=_process_meter(),
             telemetry=PoolTelemetry(all_engines, PressureMonitor()),

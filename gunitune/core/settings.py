@@ -199,8 +199,9 @@ class Settings:
     )
     stats_path = Setting(
         path(), "",
-        "URL path of the JSON stats endpoint; empty: off. Must not be a path of the app's own "
-        "routes: gunitune refuses to start rather than hide one.",
+        "URL path of the JSON stats endpoint; empty: off. Must not be the path of one of the "
+        "app's routes: gunitune refuses it (at init_app, worker start or first request) "
+        "rather than hide one of the two.",
     )
     stats_token = Setting(
         token(), "",
