@@ -100,7 +100,7 @@ def check_stats_path(app: Flask, path: str | None = None) -> None:
         if rule.rule in paths and rule.endpoint != STATS_ENDPOINT:
             raise ConfigError(
                 f"GUNITUNE_STATS_PATH={rule.rule!r} is also the path of the app's route"
-                f" {rule.endpoint!r}, which one of them would hide: set GUNITUNE_STATS_PATH"
+                f" {rule.endpoint!r}, and one would hide the other: set GUNITUNE_STATS_PATH"
                 f" to a path the app does not use, e.g. '/_gunitune/stats'",
                 key="GUNITUNE_STATS_PATH",
             )
