@@ -17,9 +17,11 @@ import os
 import time
 from typing import Any
 
+from gunitune.core.settings import MAX_WORKERS
+
 __all__ = ["LoadBoard", "Seat"]
 
-SEATS = 256
+SEATS = MAX_WORKERS  # GUNITUNE_WORKERS is bounded by it: every worker gets a seat
 _PID, _HELD, _OPEN, _STAMP = range(4)
 _FIELDS = 4
 # A seat whose worker has not written for this long is left out: the worker is

@@ -23,7 +23,7 @@ from gunitune.core.budget import ServerBudget, check_budget
 from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.planner import Plan, make_plan
-from gunitune.core.settings import Settings
+from gunitune.core.settings import MAX_WORKERS, Settings
 from gunitune.core.urls import UnsupportedDatabaseURL
 from gunitune.database_url import masked, with_driver
 from gunitune.postgres import DatabaseUnreachable
@@ -74,8 +74,11 @@ def _workers_from_env(settings: Settings, environ: Mapping[str, str]) -> int | N
     if not raw:
         return None
     workers = int(raw) if raw.isascii() and raw.isdigit() else 0
-    if workers < 1:
-        raise ConfigError(f"WEB_CONCURRENCY={raw!r} is invalid: expected an integer >= 1")
+    if not 1 <= workers <= MAX_WORKERS:
+        # The same bound as GUNITUNE_WORKERS: a worker beyond the load board's seats cannot boot.
+        raise ConfigError(
+            f"WEB_CONCURRENCY={raw!r} is invalid: expected an integer from 1 to {MAX_WORKERS}"
+        )
     return workers
 
 

@@ -25,7 +25,7 @@ from gunitune.core.limits import RouteProfiles
 from gunitune.core.pressure import PressureMonitor
 from gunitune.core.resolve import Resolved, resolve, settings_from
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import Overloaded, stats_view
+from gunitune.http import Overloaded, register_stats, stats_view
 from gunitune.request_cycle import RequestCycle
 from gunitune.telemetry import PoolTelemetry
 
@@ -113,7 +113,7 @@ class GuniTune:
             app=app,
             resolve_own=resolve_own,
             profiles=RouteProfiles(
-                threshold=min(settings.cpu_bound_ratio, 1.0), fast_seconds=settings.fast_seconds
+                threshold=settings.cpu_bound_ratio, fast_seconds=settings.fast_seconds
             ),
             meter=_process_meter(),
             telemetry=PoolTelemetry(all_engines, PressureMonitor()),
@@ -134,8 +134,9 @@ class GuniTune:
         app.after_request_funcs.setdefault(None, []).insert(0, cycle.watch.after_request)
         app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.stats_path:
-            view = stats_view(self.stats, app, settings.stats_token)
-            app.add_url_rule(settings.stats_path, "gunitune_stats", self.exempt(view))
+            loopback = settings.stats_loopback == "on"
+            view = stats_view(self.stats, app, settings.stats_token, loopback)
+            register_stats(app, settings.stats_path, self.exempt(view))
         log.info(
             "gunitune_extension_ready",
             app=app.name,

@@ -1,4 +1,13 @@
-"""What gunitune answers over HTTP: the 503 it sheds with, and the stats endpoint."""
+"""What gunitune answers over HTTP: the 503 it sheds with, and the stats endpoint.
+
+The stats endpoint must not share its path with a route of the app: Werkzeug
+serves the first rule registered, so one of the two would vanish without a
+word. Apps register routes both before ``init_app`` (``GuniTune(app)`` at the
+end of a module) and after it (an app factory that calls ``init_app`` and then
+registers blueprints), so the path is checked at registration, again when a
+gunitune worker has loaded the app (before it serves), and, under any other
+server, at the app's first request.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,18 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import Forbidden, ServiceUnavailable
 
-__all__ = ["DatabaseUnavailable", "Overloaded", "stats_view"]
+from gunitune.core.errors import ConfigError
+
+__all__ = [
+    "STATS_ENDPOINT",
+    "DatabaseUnavailable",
+    "Overloaded",
+    "check_stats_path",
+    "register_stats",
+    "stats_view",
+]
+
+STATS_ENDPOINT = "gunitune_stats"
 
 
 class Overloaded(ServiceUnavailable):
@@ -61,9 +81,10 @@ def _forwarded(headers: Any) -> bool:
 
 
 def stats_view(
-    stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str
+    stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str, loopback: bool = True
 ) -> Callable[[], Response]:
-    """A view returning ``stats(app)`` as JSON, for loopback clients or the bearer ``token``."""
+    """A view returning ``stats(app)`` as JSON, for the bearer ``token`` or, without one,
+    direct loopback clients (unless ``loopback`` is false)."""
 
     def gunitune_stats() -> Response:
         if token:
@@ -72,12 +93,50 @@ def stats_view(
                 raise Forbidden(
                     "gunitune stats need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
                 )
+        elif not loopback:
+            # Settings refuse this combination; a view built by hand still locks out.
+            raise Forbidden("gunitune stats need GUNITUNE_STATS_TOKEN (loopback is off)")
         elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
             # Behind a reverse proxy on the same host every client is 127.0.0.1;
-            # a forwarding header says this one came from elsewhere.
+            # a forwarding header says this one came from elsewhere. A proxy that
+            # adds none is why GUNITUNE_STATS_LOOPBACK=off exists.
             raise Forbidden(
                 "gunitune stats answer direct loopback clients only (or set GUNITUNE_STATS_TOKEN)"
             )
         return jsonify(stats(app))
 
     return gunitune_stats
+
+
+def check_stats_path(app: Flask, path: str | None = None) -> None:
+    """Raise :class:`ConfigError` if a route of the app has the stats endpoint's path.
+
+    ``path``: the one about to be registered; by default the registered one's.
+    Only a rule with the very same path conflicts: a converter route such as
+    ``/<page>`` yields the stats path to the static rule, as intended.
+    """
+    rules = list(app.url_map.iter_rules())
+    paths = {path} if path else {r.rule for r in rules if r.endpoint == STATS_ENDPOINT}
+    for rule in rules:
+        if rule.rule in paths and rule.endpoint != STATS_ENDPOINT:
+            raise ConfigError(
+                f"GUNITUNE_STATS_PATH={rule.rule!r} is also the path of the app's route"
+                f" {rule.endpoint!r}, and one would hide the other: set GUNITUNE_STATS_PATH"
+                f" to a path the app does not use, e.g. '/_gunitune/stats'",
+                key="GUNITUNE_STATS_PATH",
+            )
+
+
+def register_stats(app: Flask, path: str, view: Callable[[], Response]) -> None:
+    """Add the stats endpoint at ``path``, refusing a path the app's routes already use,
+    and check again at the first request (routes registered after this call)."""
+    check_stats_path(app, path)
+    app.add_url_rule(path, STATS_ENDPOINT, view)
+
+    def check_once() -> None:
+        check_stats_path(app)
+        # Passed: stop checking. A new list, so Flask's loop over the old one goes on.
+        funcs = app.before_request_funcs.get(None, [])
+        app.before_request_funcs[None] = [f for f in funcs if f is not check_once]
+
+    app.before_request_funcs.setdefault(None, []).insert(0, check_once)

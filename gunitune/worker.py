@@ -123,8 +123,9 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
 
     def load_wsgi(self) -> None:
         """Load the app, then resolve the settings once and build this worker's limiter."""
-        super().load_wsgi()
         try:
+            # GuniTune(app) validates app.config while the app is imported.
+            super().load_wsgi()
             self._set_up()
         except GunituneError as exc:
             # One clear line, then an exit code that stops the arbiter: every
@@ -134,8 +135,12 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
 
     def _set_up(self) -> None:
         from gunitune.flask_ext import find_cycle  # Flask loads only once the app has
+        from gunitune.http import check_stats_path
 
         cycle = find_cycle(self.wsgi)
+        if cycle is not None:
+            # Every route is registered by now: refuse before serving, not at a request.
+            check_stats_path(cycle.app)
         engines = cycle.engines if cycle is not None else engine_facts.find_engines()
         primary = cycle.primary if cycle is not None else None
         facts = GunicornFacts(

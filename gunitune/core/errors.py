@@ -23,5 +23,10 @@ class ConfigError(GunituneError, ValueError):
     Its ``str()`` is one line naming the key, the value and what is allowed,
     e.g. ``"pool_size=-1 is invalid: expected an integer >= 0"``. It also
     subclasses :class:`ValueError` so generic callers that validate input with
-    ``except ValueError`` keep working.
+    ``except ValueError`` keep working. ``key`` names the setting at fault,
+    when there is one (``None`` for a plan's inputs or a combination).
     """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

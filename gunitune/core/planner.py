@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gunitune.core.errors import ConfigError
+from gunitune.core.settings import MAX_WORKERS
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -221,6 +222,13 @@ def make_plan(
             f"{cpus} usable {cpu_word} ({cpu_source}) + 1: one single-threaded gevent worker"
             f" per CPU, plus one to cover a worker stuck in CPU work"
         )
+        if workers > MAX_WORKERS:
+            # The load board has a seat per worker; a worker without one cannot boot.
+            workers = MAX_WORKERS
+            reasons["workers"] = (
+                f"{cpus} usable {cpu_word} ({cpu_source}) would give {cpus + 1}; capped at"
+                f" {MAX_WORKERS}, the seats of the workers' load board"
+            )
     else:
         reasons["workers"] = f"given explicitly ({cpus} usable {cpu_word} would suggest {cpus + 1})"
 

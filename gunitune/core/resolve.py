@@ -52,8 +52,11 @@ def settings_from(environ: Mapping[str, str], app_config: Mapping[str, Any]) -> 
         reject_unknown(environ)
         return Settings.from_sources(app_config, environ)
     except ConfigError as exc:
-        where = "app.config or the environment" if app_config else "the environment"
-        raise ConfigError(f"{exc} (in {where})") from None
+        if exc.key is None:  # a combination: its keys may come from either
+            where = "app.config or the environment" if app_config else "the environment"
+        else:
+            where = "app.config" if exc.key in app_config else "the environment"
+        raise ConfigError(f"{exc} (in {where})", key=exc.key) from None
 
 
 def _db_capacity(settings: Settings, pools: Sequence[PoolFacts]) -> tuple[int, str]:

@@ -4,115 +4,66 @@ The declaration is read by the Gunicorn config module (environment), the Flask
 extension (``app.config``, with the environment as its default), the CLI and
 the README's settings table (``gunitune settings --markdown``). Unlike
 Gunicorn, which ignores unknown names, we reject unknown ``GUNITUNE_*`` keys:
-a typo in a tuning knob otherwise silently changes nothing.
+a typo in a tuning knob otherwise silently changes nothing. Every number is
+bounded above as well as below, each bound explained in its setting's doc: a
+value that parses is one that works. Errors never print a secret setting, and
+mask any URL password in a value.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
 from gunitune.core.errors import ConfigError
+from gunitune.core.kinds import Kind, auto, choice, fraction, int_range, number_range, off, token
+from gunitune.core.kinds import path_or_off as path
+from gunitune.core.urls import mask_urls_in
 
-__all__ = ["PREFIX", "Setting", "Settings", "render_markdown"]
+__all__ = [
+    "DAY", "HOUR", "MAX_BACKENDS", "MAX_FDS", "MAX_WORKERS", "MIN_TIMEOUT", "PREFIX",
+    "Setting", "Settings", "render_markdown",
+]
 
 PREFIX = "GUNITUNE_"
 T = TypeVar("T")
-Parser = Callable[[object], T]
-_AUTO = {"", "auto", "none"}
-_OFF = {"", "off", "none"}
+
+# Upper bounds shared with the code they protect; each setting's doc says why.
+MAX_WORKERS = 256
+"""Seats on the workers' load board (:mod:`gunitune._board`): one more cannot boot."""
+MAX_BACKENDS = 262_143
+"""PostgreSQL's hard ceiling on connections (``MAX_BACKENDS``, 2^18 - 1)."""
+MAX_FDS = 1_048_576
+"""Linux's default per-process file descriptor ceiling (``fs.nr_open``, 2^20)."""
+MIN_TIMEOUT = 5
+"""Smallest worker timeout that does not kill healthy workers (see ``timeout``)."""
+HOUR = 3600
+DAY = 86_400
 
 
-def _int_at_least(low: int) -> tuple[Parser[int], str]:
-    def parse(raw: object) -> int:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = int(str(raw).strip()) if not isinstance(raw, int) else raw
-        if value < low:
-            raise ValueError
-        return value
-
-    return parse, f"an integer >= {low}"
+_LONGEST_SHOWN = 80
 
 
-def _float_above(low: float) -> tuple[Parser[float], str]:
-    def parse(raw: object) -> float:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(str(raw).strip()) if not isinstance(raw, int | float) else float(raw)
-        if not value > low or value != value or value == float("inf"):
-            raise ValueError
-        return value
-
-    return parse, f"a number > {low:g}"
-
-
-def _auto(inner: tuple[Parser[T], str]) -> tuple[Parser[T | None], str]:
-    parse_inner, allowed = inner
-
-    def parse(raw: object) -> T | None:
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _AUTO):
-            return None
-        return parse_inner(raw)
-
-    return parse, f"{allowed}, or 'auto'"
-
-
-def _off(inner: tuple[Parser[T], str]) -> tuple[Parser[T | None], str]:
-    parse_inner, allowed = inner
-
-    def parse(raw: object) -> T | None:
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _OFF):
-            return None
-        return parse_inner(raw)
-
-    return parse, f"{allowed}, or 'off'"
-
-
-def _fraction() -> tuple[Parser[float], str]:
-    def parse(raw: object) -> float:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(str(raw).strip()) if not isinstance(raw, int | float) else float(raw)
-        if not 0 < value < 1:
-            raise ValueError
-        return value
-
-    return parse, "a number between 0 and 1 (exclusive)"
-
-
-def _choice(*choices: str) -> tuple[Parser[str], str]:
-    def parse(raw: object) -> str:
-        value = str(raw).strip().lower()
-        if value not in choices:
-            raise ValueError
-        return value
-
-    return parse, "one of " + ", ".join(choices)
-
-
-def _path_or_off() -> tuple[Parser[str], str]:
-    def parse(raw: object) -> str:
-        value = "" if raw is None else str(raw).strip()
-        if value and not value.startswith("/"):
-            raise ValueError
-        return value
-
-    return parse, "a URL path starting with '/', or empty (off)"
-
-
-def _text() -> tuple[Parser[str], str]:
-    return (lambda raw: "" if raw is None else str(raw)), "any string"
+def show_value(raw: object, *, secret: bool = False) -> str:
+    """``raw`` as an error message may print it: one line, short, with no password in it."""
+    if secret:
+        # Not even a prefix: a token's length is all a log may learn of it.
+        return "<hidden>" if not isinstance(raw, str) else f"<hidden, {len(raw)} characters>"
+    shown = mask_urls_in(repr(raw))  # repr escapes newlines: the message stays one line
+    if len(shown) > _LONGEST_SHOWN:
+        shown = f"{shown[:_LONGEST_SHOWN - 20]}... ({len(shown)} characters)"
+    return shown
 
 
 class Setting(Generic[T]):
     """One declared setting; a descriptor on :class:`Settings` returning its value."""
 
-    def __init__(self, kind: tuple[Parser[T], str], default: T, doc: str) -> None:
+    def __init__(self, kind: Kind[T], default: T, doc: str, *, secret: bool = False) -> None:
         self.parse_raw, self.allowed = kind
         self.default = default
         self.doc = doc
+        self.secret = secret
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -127,9 +78,10 @@ class Setting(Generic[T]):
         """Validate ``raw``; raise :class:`ConfigError` naming key, value and what is allowed."""
         try:
             return self.parse_raw(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            shown = show_value(raw, secret=self.secret)
             raise ConfigError(
-                f"{self.key}={raw!r} is invalid: expected {self.allowed}"
+                f"{self.key}={shown} is invalid: expected {self.allowed}", key=self.key
             ) from None
 
     @overload
@@ -143,96 +95,132 @@ class Setting(Generic[T]):
         return value
 
 
+_CHECK = choice("error", "warn", "off")
+
+
 class Settings:
     """Validated gunitune settings; build with :meth:`from_sources`."""
 
     workers = Setting(
-        _auto(_int_at_least(1)), None,
+        auto(int_range(1, MAX_WORKERS)), None,
         "Gunicorn workers. Auto: usable CPUs (cgroup quota, affinity) + 1; "
-        "WEB_CONCURRENCY is honoured when this is unset.",
+        "WEB_CONCURRENCY is honoured when this is unset. At most 256: the workers balance "
+        "on a load board of 256 seats, and 256 pools already exceed what one Postgres serves.",
     )
     pool_size = Setting(
-        _int_at_least(0), 5,
+        int_range(0, MAX_BACKENDS), 5,
         "SQLAlchemy pool_size the config module plans with before the app is loaded; "
-        "workers follow the app's real engine once it is.",
+        "workers follow the app's real engine once it is. At most 262143, the most "
+        "connections PostgreSQL can have (MAX_BACKENDS).",
     )
     max_overflow = Setting(
-        _int_at_least(-1), 10, "SQLAlchemy max_overflow to plan with (-1: unlimited).",
+        int_range(-1, MAX_BACKENDS), 10,
+        "SQLAlchemy max_overflow to plan with (-1: unlimited); at most 262143, as pool_size.",
     )
     pool_timeout = Setting(
-        _float_above(0), 30.0, "SQLAlchemy pool_timeout to plan with, in seconds.",
+        number_range(0, HOUR, include_low=False), 30.0,
+        "SQLAlchemy pool_timeout to plan with, in seconds; at most an hour, as queue_timeout.",
     )
     burst = Setting(
-        _int_at_least(1), 3000,
-        "Concurrent connections the box must hold without SYN retries; sizes the listen backlog.",
+        int_range(1, MAX_FDS), 3000,
+        "Concurrent connections the box must hold without SYN retries; sizes the listen "
+        "backlog. At most 1048576: each queued connection is a kernel socket (kilobytes), "
+        "and listen() fails on anything above 2^31 - 1.",
     )
     timeout = Setting(
-        _int_at_least(1), 30, "Gunicorn worker timeout (heartbeat), in seconds.",
+        int_range(MIN_TIMEOUT, DAY), 30,
+        "Gunicorn worker timeout (heartbeat), in seconds; graceful_timeout follows it. "
+        "At least 5: the gevent loop touches the heartbeat once a second and the arbiter "
+        "looks once a second, so a healthy worker's heartbeat is up to 2 s old, more while "
+        "a request holds the loop or the app boots; below 5 s healthy workers get killed. "
+        "At most a day: a stuck worker is found only after this long.",
     )
     budget_check = Setting(
-        _choice("error", "warn", "off"), "error",
+        _CHECK, "error",
         "What to do when workers x connections per worker do not fit Postgres max_connections.",
     )
     green_check = Setting(
-        _choice("error", "warn", "off"), "error",
+        _CHECK, "error",
         "What to do when the database driver does not yield to gevent at worker start.",
     )
     queue_timeout = Setting(
-        _off(_float_above(0)), None,
+        off(number_range(0, HOUR, include_low=False)), None,
         "Longest wait in a lane before a 503 + Retry-After; off (the default): a held "
-        "request waits as long as it takes, as it would in the kernel's queue.",
+        "request waits as long as it takes, as it would in the kernel's queue. At most an "
+        "hour: clients and proxies have given up long before.",
     )
     outage_wait = Setting(
-        _float_above(0), 15.0,
+        number_range(0, HOUR, include_low=False), 15.0,
         "Longest wait for a database that is away (restarting, unreachable: its circuit is "
         "open) before a 503 + Retry-After; requests queued meanwhile run once it is back. "
-        "GUNITUNE_QUEUE_TIMEOUT, when shorter, still applies.",
+        "GUNITUNE_QUEUE_TIMEOUT, when shorter, still applies. At most an hour, as "
+        "queue_timeout.",
     )
     max_held = Setting(
-        _int_at_least(1), 5000,
+        int_range(1, MAX_FDS), 5000,
         "Connections one worker holds (accepted, read and queued by lane; an idle keep-alive "
         "connection counts too); beyond it connections wait in the kernel's listen queue. "
-        "Sets Gunicorn's worker_connections.",
+        "Sets Gunicorn's worker_connections. At most 1048576: each is a file descriptor, "
+        "and Linux caps a process at that many (fs.nr_open).",
     )
     fast_seconds = Setting(
-        _float_above(0), 0.1,
+        number_range(0, 60, include_low=False), 0.1,
         "A database route whose requests take at most this many seconds is fast: it is "
-        "served ahead of slow ones (a slow route comes back under half of it).",
+        "served ahead of slow ones (a slow route comes back under half of it). At most 60: "
+        "above it every route is fast and the lanes are one.",
     )
     adaptive = Setting(
-        _choice("on", "off"), "on",
+        choice("on", "off"), "on",
         "on: each worker finds at run time how many queries the database serves well at once "
         "(at most its pool) and queues the rest; off: a worker runs as many as its pool holds.",
     )
     fast_share = Setting(
-        _fraction(), 0.3,
+        fraction(), 0.3,
         "Share of a worker's database slots guaranteed to fast routes; the slow lane borrows "
         "what they leave unused, and the other way round.",
     )
     retry_after = Setting(
-        _auto(_int_at_least(1)), None,
-        "Retry-After seconds on a 503; auto: estimated from the queue and recent latency.",
+        auto(int_range(1, HOUR)), None,
+        "Retry-After seconds on a 503; auto: estimated from the queue and recent latency. "
+        "At most an hour: clients that obey stay away long after the overload ended.",
     )
     cpu_concurrency = Setting(
-        _int_at_least(1), 1, "CPU-bound requests running at once per worker (the CPU lane).",
+        int_range(1, 1024), 1,
+        "CPU-bound requests running at once per worker (the CPU lane). At most 1024: a "
+        "worker has one thread, so more only interleaves CPU work and slows each request.",
     )
     cpu_bound_ratio = Setting(
-        _float_above(0), 0.5,
-        "A route whose requests spend more than this fraction of wall time on CPU is CPU-bound.",
+        number_range(0, 1, include_low=False), 0.5,
+        "A route whose requests spend more than this fraction of wall time on CPU is "
+        "CPU-bound; 1: no route is.",
     )
     block_threshold = Setting(
-        _float_above(0), 0.5,
-        "Report a request that holds the event loop longer than this many seconds.",
+        number_range(0.01, 60), 0.5,
+        "Report a request that holds the event loop longer than this many seconds. At least "
+        "0.01: shorter runs are ordinary request work and a report each floods the log.",
     )
     pressure_interval = Setting(
-        _float_above(0), 1.0, "Seconds between QueuePool pressure checks when idle.",
+        number_range(0.01, 60), 1.0,
+        "Seconds between QueuePool pressure checks when idle. At least 0.01: each check reads "
+        "every pool, and more often spins a core; at most 60, or pressure goes unseen.",
     )
     stats_path = Setting(
-        _path_or_off(), "", "URL path of the JSON stats endpoint; empty: off.",
+        path(), "",
+        "URL path of the JSON stats endpoint; empty: off. Must not be the path of one of the "
+        "app's routes: gunitune refuses it (at init_app, worker start or first request) "
+        "rather than hide one of the two.",
     )
     stats_token = Setting(
-        _text(), "",
-        "Bearer token for the stats endpoint; empty: loopback clients only.",
+        token(), "",
+        "Bearer token for the stats endpoint; empty: loopback clients only (see "
+        "GUNITUNE_STATS_LOOPBACK). Never printed, not even in an error.",
+        secret=True,
+    )
+    stats_loopback = Setting(
+        choice("on", "off"), "on",
+        "on: without a token, a loopback client that sends no forwarding header reads the "
+        "stats. Turn off behind a proxy on the same host that adds no forwarding header "
+        "(HAProxy in TCP mode, a sidecar): every client then looks local.",
     )
 
     def __init__(self, values: Mapping[str, Any]) -> None:
@@ -261,6 +249,7 @@ class Settings:
         for setting in cls.declared():
             raw = next((s[setting.key] for s in sources if setting.key in s), None)
             values[setting.name] = setting.default if raw is None else setting.parse(raw)
+        _check_together(values)
         return cls(values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -271,8 +260,9 @@ class Settings:
             if name not in declared:
                 close = difflib.get_close_matches(name, list(declared), n=1)
                 hint = f"did you mean {close[0]}?" if close else "see `gunitune settings`"
-                raise ConfigError(f"{name}={raw!r} is not a gunitune setting: {hint}")
+                raise ConfigError(f"{name}={show_value(raw)} is not a gunitune setting: {hint}")
             values[name] = declared[name].parse(raw)
+        _check_together(values)
         return Settings(values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -280,14 +270,25 @@ class Settings:
         return dict(self.values)
 
 
+def _check_together(values: Mapping[str, Any]) -> None:
+    """Settings each valid alone but not together."""
+    if values["stats_path"] and values["stats_loopback"] == "off" and not values["stats_token"]:
+        # Nobody could read the endpoint: surely not what was meant.
+        raise ConfigError(
+            f"GUNITUNE_STATS_LOOPBACK='off' without GUNITUNE_STATS_TOKEN locks everyone out of "
+            f"GUNITUNE_STATS_PATH={values['stats_path']!r}: set a token, or empty the path",
+            key="GUNITUNE_STATS_LOOPBACK",
+        )
+
+
 def reject_unknown(source: Mapping[str, Any] | Iterable[str]) -> None:
     """Raise :class:`ConfigError` for the first unknown ``GUNITUNE_*`` key."""
     known = Settings.keys()
     for key in source:
-        if key.startswith(PREFIX) and key not in known:
+        if isinstance(key, str) and key.startswith(PREFIX) and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]}?" if close else "run `gunitune settings` for the list"
-            raise ConfigError(f"{key} is not a gunitune setting: {hint}")
+            raise ConfigError(f"{key} is not a gunitune setting: {hint}", key=key)
 
 
 def render_markdown() -> str:

@@ -125,22 +125,64 @@ def test_unreachable_database_starts_with_a_warning(
         (
             "GUNITUNE_POOL_SIZE",
             "many",
-            "GUNITUNE_POOL_SIZE='many' is invalid: expected an integer >= 0",
+            "GUNITUNE_POOL_SIZE='many' is invalid: expected an integer from 0 to 262143",
         ),
         (
             "GUNITUNE_POOL_SIZ",
             "5",
             "GUNITUNE_POOL_SIZ is not a gunitune setting: did you mean GUNITUNE_POOL_SIZE?",
         ),
-        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY='0' is invalid: expected an integer >= 1"),
+        (
+            "WEB_CONCURRENCY",
+            "0",
+            "WEB_CONCURRENCY='0' is invalid: expected an integer from 1 to 256",
+        ),
+        (  # was an OverflowError traceback from listen() in the master
+            "GUNITUNE_BURST",
+            "2147483648",
+            "GUNITUNE_BURST='2147483648' is invalid: expected an integer from 1 to 1048576",
+        ),
+        (
+            "GUNITUNE_TIMEOUT",
+            "1",
+            "GUNITUNE_TIMEOUT='1' is invalid: expected an integer from 5 to 86400",
+        ),
+        (
+            "GUNITUNE_STATS_TOKEN",
+            " {password} ",
+            "GUNITUNE_STATS_TOKEN=<hidden, {length} characters> is invalid: expected printable"
+            " ASCII without spaces at either end, or empty (no token)",
+        ),
     ],
 )
 def test_bad_setting_is_one_line(
     postgres: PostgresCluster, key: str, value: str, expected: str
 ) -> None:
+    value = value.format(password=postgres.password)
+    expected = expected.format(length=len(value))
     done = _gunicorn_exits(_base_env(postgres) | {key: value})
     assert done.returncode == 2, done.stderr
-    assert f"gunitune: error: {expected}" in done.stderr.splitlines()
+    errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
+    assert errors == [f"gunitune: error: {expected}"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert postgres.password not in done.stderr + done.stdout
+
+
+def test_bad_app_config_stops_the_workers_with_one_line(postgres: PostgresCluster) -> None:
+    # One worker: when two exit with the boot error at once, Gunicorn 27's arbiter
+    # raises HaltServer again while halting and prints its own traceback.
+    env = _base_env(postgres) | {"GUNITUNE_WORKERS": "1"}
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:gunitune.conf"]
+    command += ["-b", f"127.0.0.1:{free_port()}", "tests.integration.bad_config_app:app"]
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("gunitune: error:")]
+    assert errors == [
+        "gunitune: error: GUNITUNE_TIMEOUT=1 is invalid: expected an integer from 5 to 86400"
+        " (in app.config)"
+    ], done.stderr
     assert "Traceback" not in done.stderr
 
 

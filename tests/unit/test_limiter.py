@@ -310,11 +310,14 @@ def test_cpu_lane_beats_the_heartbeat_on_entry_and_exit_at_most_once_per_interva
 
 def test_progress_beats_at_most_once_per_tenth_of_the_heartbeat_timeout() -> None:
     clock, beats = FakeClock(), Counter()
-    limiter = make(config={"GUNITUNE_TIMEOUT": 2}, clock=clock, heartbeat=beats)
+    limiter = make(config={"GUNITUNE_TIMEOUT": 5}, clock=clock, heartbeat=beats)
     for _ in range(3):
         limiter.progress()
     assert beats.calls == 1
-    clock.now += 0.2
+    clock.now += 0.4
+    limiter.progress()
+    assert beats.calls == 1  # 0.4 s < 5 s / 10
+    clock.now += 0.1
     limiter.progress()
     assert beats.calls == 2
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gunitune._board import SEATS
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.planner import Plan, make_plan, round_up
 
@@ -186,3 +187,10 @@ def test_config_error_is_a_value_error_and_gunitune_error() -> None:
     with pytest.raises(ValueError):
         make_plan(cpus=0)
     assert issubclass(ConfigError, GunituneError)
+
+
+def test_auto_workers_stop_at_the_seats_of_the_load_board() -> None:
+    plan = make_plan(cpus=1000)
+    assert plan.workers == SEATS == 256
+    assert "would give 1001; capped at 256" in plan.reasons["workers"]
+    assert make_plan(cpus=255).workers == 256  # 255 + 1 still fits

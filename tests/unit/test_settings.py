@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "pressure_interval": 1.0,
     "stats_path": "",
     "stats_token": "",
+    "stats_loopback": "on",
 }
 
 
@@ -59,7 +60,7 @@ def test_class_access_returns_the_declaration() -> None:
     declaration = Settings.pool_size
     assert isinstance(declaration, Setting)
     assert declaration.default == 5
-    assert declaration.allowed == "an integer >= 0"
+    assert declaration.allowed == "an integer from 0 to 262143"
 
 
 @pytest.mark.parametrize(
@@ -130,52 +131,57 @@ def test_none_value_means_default() -> None:
     assert settings.stats_token == ""
 
 
-INT_GE_0 = "an integer >= 0"
-INT_GE_1 = "an integer >= 1"
-NUM_GT_0 = "a number > 0"
+POOL = "an integer from 0 to 262143"
+WORKERS = "an integer from 1 to 256, or 'auto'"
+SECONDS_HOUR = "a number > 0 and <= 3600"
 CHECKS = "one of error, warn, off"
 FRACTION = "a number between 0 and 1 (exclusive)"
+HELD = "an integer from 1 to 1048576"
 
 
 @pytest.mark.parametrize(
     ("key", "raw", "allowed"),
     [
-        ("GUNITUNE_POOL_SIZE", "-1", INT_GE_0),
-        ("GUNITUNE_POOL_SIZE", "five", INT_GE_0),
-        ("GUNITUNE_POOL_SIZE", "1.5", INT_GE_0),
-        ("GUNITUNE_POOL_SIZE", 2.0, INT_GE_0),
-        ("GUNITUNE_POOL_SIZE", True, INT_GE_0),
-        ("GUNITUNE_POOL_SIZE", "", INT_GE_0),
-        ("GUNITUNE_MAX_OVERFLOW", "-2", "an integer >= -1"),
-        ("GUNITUNE_WORKERS", "0", INT_GE_1 + ", or 'auto'"),
-        ("GUNITUNE_WORKERS", "many", INT_GE_1 + ", or 'auto'"),
-        ("GUNITUNE_POOL_TIMEOUT", "0", NUM_GT_0),
-        ("GUNITUNE_POOL_TIMEOUT", -1.0, NUM_GT_0),
-        ("GUNITUNE_POOL_TIMEOUT", "nan", NUM_GT_0),
-        ("GUNITUNE_POOL_TIMEOUT", "inf", NUM_GT_0),
-        ("GUNITUNE_POOL_TIMEOUT", False, NUM_GT_0),
-        ("GUNITUNE_BURST", "0", INT_GE_1),
-        ("GUNITUNE_TIMEOUT", "30s", INT_GE_1),
+        ("GUNITUNE_POOL_SIZE", "-1", POOL),
+        ("GUNITUNE_POOL_SIZE", "five", POOL),
+        ("GUNITUNE_POOL_SIZE", "1.5", POOL),
+        ("GUNITUNE_POOL_SIZE", 2.0, POOL),
+        ("GUNITUNE_POOL_SIZE", True, POOL),
+        ("GUNITUNE_POOL_SIZE", "", POOL),
+        ("GUNITUNE_MAX_OVERFLOW", "-2", "an integer from -1 to 262143"),
+        ("GUNITUNE_WORKERS", "0", WORKERS),
+        ("GUNITUNE_WORKERS", "many", WORKERS),
+        ("GUNITUNE_POOL_TIMEOUT", "0", SECONDS_HOUR),
+        ("GUNITUNE_POOL_TIMEOUT", -1.0, SECONDS_HOUR),
+        ("GUNITUNE_POOL_TIMEOUT", "nan", SECONDS_HOUR),
+        ("GUNITUNE_POOL_TIMEOUT", "inf", SECONDS_HOUR),
+        ("GUNITUNE_POOL_TIMEOUT", False, SECONDS_HOUR),
+        ("GUNITUNE_BURST", "0", HELD),
+        ("GUNITUNE_TIMEOUT", "30s", "an integer from 5 to 86400"),
         ("GUNITUNE_BUDGET_CHECK", "fatal", CHECKS),
         ("GUNITUNE_GREEN_CHECK", "", CHECKS),
-        ("GUNITUNE_QUEUE_TIMEOUT", "-0.5", NUM_GT_0 + ", or 'off'"),
-        ("GUNITUNE_QUEUE_TIMEOUT", "0", NUM_GT_0 + ", or 'off'"),
-        ("GUNITUNE_QUEUE_TIMEOUT", "auto", NUM_GT_0 + ", or 'off'"),  # no longer a value
-        ("GUNITUNE_MAX_HELD", "0", INT_GE_1),
-        ("GUNITUNE_MAX_HELD", "lots", INT_GE_1),
-        ("GUNITUNE_FAST_SECONDS", "0", NUM_GT_0),
-        ("GUNITUNE_FAST_SECONDS", "off", NUM_GT_0),
+        ("GUNITUNE_QUEUE_TIMEOUT", "-0.5", SECONDS_HOUR + ", or 'off'"),
+        ("GUNITUNE_QUEUE_TIMEOUT", "0", SECONDS_HOUR + ", or 'off'"),
+        ("GUNITUNE_QUEUE_TIMEOUT", "auto", SECONDS_HOUR + ", or 'off'"),  # no longer a value
+        ("GUNITUNE_MAX_HELD", "0", HELD),
+        ("GUNITUNE_MAX_HELD", "lots", HELD),
+        ("GUNITUNE_FAST_SECONDS", "0", "a number > 0 and <= 60"),
+        ("GUNITUNE_FAST_SECONDS", "off", "a number > 0 and <= 60"),
         ("GUNITUNE_ADAPTIVE", "yes", "one of on, off"),
         ("GUNITUNE_FAST_SHARE", "0", FRACTION),
         ("GUNITUNE_FAST_SHARE", "1", FRACTION),
         ("GUNITUNE_FAST_SHARE", 1.5, FRACTION),
         ("GUNITUNE_FAST_SHARE", True, FRACTION),
-        ("GUNITUNE_RETRY_AFTER", "0", INT_GE_1 + ", or 'auto'"),
-        ("GUNITUNE_CPU_CONCURRENCY", "0", INT_GE_1),
-        ("GUNITUNE_CPU_BOUND_RATIO", "0", NUM_GT_0),
-        ("GUNITUNE_BLOCK_THRESHOLD", "0", NUM_GT_0),
-        ("GUNITUNE_PRESSURE_INTERVAL", "-1", NUM_GT_0),
-        ("GUNITUNE_STATS_PATH", "stats", "a URL path starting with '/', or empty (off)"),
+        ("GUNITUNE_RETRY_AFTER", "0", "an integer from 1 to 3600, or 'auto'"),
+        ("GUNITUNE_CPU_CONCURRENCY", "0", "an integer from 1 to 1024"),
+        ("GUNITUNE_CPU_BOUND_RATIO", "0", "a number > 0 and <= 1"),
+        ("GUNITUNE_BLOCK_THRESHOLD", "0", "a number from 0.01 to 60"),
+        ("GUNITUNE_PRESSURE_INTERVAL", "-1", "a number from 0.01 to 60"),
+        (
+            "GUNITUNE_STATS_PATH",
+            "stats",
+            "a URL path starting with '/' (no '<', '>', '?', '#' or spaces), or empty (off)",
+        ),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(key: str, raw: object, allowed: str) -> None:
