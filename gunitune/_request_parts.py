@@ -1,5 +1,5 @@
-"""Small parts of the request cycle: the response wrapper, loop-block reports, the
-peek, the lane decision, the pressure watcher.
+"""Small parts of the request cycle: a request's state, the response wrapper,
+loop-block reports, the peek, the lane decision, the pressure watcher.
 
 Kept apart so :mod:`gunitune.request_cycle` reads as the per-request flow.
 """
@@ -11,12 +11,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gunitune._db_holds import Holds
 from gunitune.core.lanes import CPU
+from gunitune.core.limits import RouteProfile
+from gunitune.limiter import Ticket
 
 __all__ = [
     "BlockReports",
     "ClosingBody",
+    "InFlight",
     "PressureWatcher",
+    "RouteInfo",
     "client_gone",
     "decide_lanes",
     "keep_retry_after",
@@ -92,6 +97,35 @@ def decide_lanes(mode: str | None, learned: tuple[str, bool]) -> tuple[str, bool
     if mode == CPU:
         return db_lane, True
     return mode, False
+
+
+@dataclass(slots=True, frozen=True)
+class RouteInfo:
+    """A URL rule as the hot path needs it (cached by the rule's identity)."""
+
+    route: str
+    mode: str | None
+    profile: RouteProfile
+    internal: bool = False  # gunitune's own endpoints: not counted in the metrics
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request that queues, holds slots or is measured, from admission to close."""
+
+    route: str
+    profile: RouteProfile
+    mode: str | None
+    db_lane: str
+    cpu: bool
+    measured: bool
+    ticket: Ticket | None = None
+    used_db: bool = False
+    holds: Holds = field(default_factory=Holds)  # connections held, checkout to checkin
+    db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
+    scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
+    refused: str = ""  # why gunitune answered it itself: "shed" or "client_gone"
+    shed_code: str = ""  # the limiter's cause of a shed (Rejected.code)
 
 
 class _Observer(Protocol):

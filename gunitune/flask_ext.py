@@ -20,12 +20,13 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy.engine import Engine
 
 from gunitune import engines as engine_facts
+from gunitune._metrics import Metrics
 from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 from gunitune.core.limits import RouteProfiles
 from gunitune.core.pressure import PressureMonitor
 from gunitune.core.resolve import Resolved, resolve, settings_from
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import Overloaded, stats_view
+from gunitune.http import METRICS_ENDPOINT, STATS_ENDPOINT, Overloaded, metrics_view, stats_view
 from gunitune.request_cycle import RequestCycle
 from gunitune.telemetry import PoolTelemetry
 
@@ -122,7 +123,13 @@ class GuniTune:
         app.wsgi_app = cycle.wsgi_wrapper(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if settings.stats_path:
             view = stats_view(self.stats, app, settings.stats_token)
-            app.add_url_rule(settings.stats_path, "gunitune_stats", self.exempt(view))
+            app.add_url_rule(settings.stats_path, STATS_ENDPOINT, self.exempt(view))
+        if settings.metrics_path:
+            cycle.metrics = Metrics(
+                lambda: cycle.limiter, cycle.telemetry, settings.pressure_interval
+            )
+            scrape = metrics_view(cycle.metrics.render, settings.stats_token)
+            app.add_url_rule(settings.metrics_path, METRICS_ENDPOINT, self.exempt(scrape))
         log.info(
             "gunitune_extension_ready",
             app=app.name,

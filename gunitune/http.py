@@ -1,4 +1,4 @@
-"""What gunitune answers over HTTP: the 503 it sheds with, and the stats endpoint."""
+"""What gunitune answers over HTTP: the 503 it sheds with, the stats and metrics endpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,19 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import Forbidden, ServiceUnavailable
 
-__all__ = ["Overloaded", "stats_view"]
+__all__ = [
+    "INTERNAL_ENDPOINTS",
+    "METRICS_ENDPOINT",
+    "STATS_ENDPOINT",
+    "Overloaded",
+    "check_access",
+    "metrics_view",
+    "stats_view",
+]
+
+STATS_ENDPOINT = "gunitune_stats"
+METRICS_ENDPOINT = "gunitune_metrics"
+INTERNAL_ENDPOINTS = frozenset({STATS_ENDPOINT, METRICS_ENDPOINT})
 
 
 class Overloaded(ServiceUnavailable):
@@ -46,24 +58,45 @@ def _forwarded(headers: Any) -> bool:
     return any(name in headers for name in _FORWARDING_HEADERS)
 
 
+def check_access(token: str) -> None:
+    """Let the current request through to a gunitune endpoint, or raise ``Forbidden``.
+
+    With ``token`` set, only ``Authorization: Bearer <token>`` passes; without,
+    only a direct loopback client does.
+    """
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            raise Forbidden(
+                "gunitune stats and metrics need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
+            )
+    elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
+        # Behind a reverse proxy on the same host every client is 127.0.0.1;
+        # a forwarding header says this one came from elsewhere.
+        raise Forbidden(
+            "gunitune stats and metrics answer direct loopback clients only "
+            "(or set GUNITUNE_STATS_TOKEN)"
+        )
+
+
 def stats_view(
     stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str
 ) -> Callable[[], Response]:
     """A view returning ``stats(app)`` as JSON, for loopback clients or the bearer ``token``."""
 
     def gunitune_stats() -> Response:
-        if token:
-            sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(sent.encode(), token.encode()):
-                raise Forbidden(
-                    "gunitune stats need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
-                )
-        elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
-            # Behind a reverse proxy on the same host every client is 127.0.0.1;
-            # a forwarding header says this one came from elsewhere.
-            raise Forbidden(
-                "gunitune stats answer direct loopback clients only (or set GUNITUNE_STATS_TOKEN)"
-            )
+        check_access(token)
         return jsonify(stats(app))
 
     return gunitune_stats
+
+
+def metrics_view(render: Callable[[], tuple[bytes, str]], token: str) -> Callable[[], Response]:
+    """A view returning ``render()``'s Prometheus exposition, guarded like the stats."""
+
+    def gunitune_metrics() -> Response:
+        check_access(token)
+        body, content_type = render()
+        return Response(body, content_type=content_type)
+
+    return gunitune_metrics

@@ -38,13 +38,18 @@ _FAST_FIRST_SECONDS = 0.01
 
 
 class Rejected(Exception):
-    """No slot within the queue timeout, or the worker is shutting down."""
+    """No slot within the queue timeout, or the worker is shutting down.
 
-    def __init__(self, reason: str, waited: float, lane: str) -> None:
+    ``code`` names the cause in a word (``queue_timeout``, ``shutting_down``)
+    for the metrics' ``reason`` label; ``reason`` says it in a sentence.
+    """
+
+    def __init__(self, reason: str, waited: float, lane: str, code: str) -> None:
         super().__init__(reason)
         self.reason = reason
         self.waited = waited
         self.lane = lane
+        self.code = code
 
 
 class ClientGone(Exception):
@@ -283,7 +288,7 @@ class Limiter:
         with self._lock:
             if self.refusing:
                 self.counts[lane]["rejected"] += 1
-                raise Rejected("the worker is shutting down", 0.0, lane)
+                raise Rejected("the worker is shutting down", 0.0, lane, "shutting_down")
             if scheduler.try_acquire(lane):
                 return
             waiter = Waiter(lane, route, self._event())
@@ -311,12 +316,11 @@ class Limiter:
         if waiter.moved:
             raise Moved(route)
         self.counts[lane]["rejected"] += 1
-        reason = (
-            "the worker is shutting down"
-            if waiter.refused
-            else "no slot free within GUNITUNE_QUEUE_TIMEOUT"
-        )
-        raise Rejected(reason, self._clock() - start, lane)
+        if waiter.refused:
+            reason, code = "the worker is shutting down", "shutting_down"
+        else:
+            reason, code = "no slot free within GUNITUNE_QUEUE_TIMEOUT", "queue_timeout"
+        raise Rejected(reason, self._clock() - start, lane, code)
 
     def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:
         # Under the lock: with threads, a release may hand this waiter a slot

@@ -28,11 +28,14 @@ from flask import Flask, after_this_request, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from gunitune._db_holds import Holds, capacity_error
+from gunitune._db_holds import capacity_error
+from gunitune._metrics import Metrics
 from gunitune._request_parts import (
     BlockReports,
     ClosingBody,
+    InFlight,
     PressureWatcher,
+    RouteInfo,
     client_gone,
     decide_lanes,
     keep_retry_after,
@@ -41,7 +44,7 @@ from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import Overloaded
+from gunitune.http import INTERNAL_ENDPOINTS, Overloaded
 from gunitune.limiter import ClientGone, Limiter, Moved, Rejected, Ticket
 from gunitune.telemetry import PoolTelemetry
 
@@ -53,34 +56,10 @@ __all__ = ["RequestCycle"]
 log = structlog.get_logger("gunitune")
 _ENVIRON_KEY = "gunitune.in_flight"
 _HELD_KEY = "gunitune_held"  # in a pool record's info: the request state holding it
-# The request running in this greenlet, for the pool's checkout listener: its
-# state when it is tracked, its route when it took the hot path.
 _OWN_LIMITER_LOCK = threading.Lock()
-_current: ContextVar[_InFlight | _Route | None] = ContextVar("gunitune_request", default=None)
-
-
-@dataclass(slots=True, frozen=True)
-class _Route:
-    """A URL rule as the hot path needs it (cached by the rule's identity)."""
-
-    route: str
-    mode: str | None
-    profile: RouteProfile
-
-
-@dataclass(slots=True)
-class _InFlight:
-    route: str
-    profile: RouteProfile
-    mode: str | None
-    db_lane: str
-    cpu: bool
-    measured: bool
-    ticket: Ticket | None = None
-    used_db: bool = False
-    holds: Holds = field(default_factory=Holds)  # connections held, checkout to checkin
-    db_failed: bool = False  # a query failed for the database's sake (timeout, lost connection)
-    scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
+# The request running in this greenlet, for the pool's checkout listener and the
+# metrics: its state when it is tracked, its route when it took the hot path.
+_current: ContextVar[InFlight | RouteInfo | None] = ContextVar("gunitune_request", default=None)
 
 
 @dataclass
@@ -100,7 +79,8 @@ class RequestCycle:
     retry_after: int | None = None
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
-    _routes: dict[int, _Route] = field(default_factory=dict)
+    metrics: Metrics | None = None  # None: metrics off (one check per request)
+    _routes: dict[int, RouteInfo] = field(default_factory=dict)
     _blocks: BlockReports = field(default_factory=BlockReports)
     _watcher: PressureWatcher = field(default_factory=PressureWatcher)
 
@@ -113,6 +93,8 @@ class RequestCycle:
     def attach(self, limiter: Limiter) -> None:
         """Use the worker's limiter (called once by the worker, after the app loaded)."""
         self.limiter = limiter
+        if self.metrics is not None:
+            self.metrics.start()
 
     def _limiter(self) -> Limiter:
         # Outside a gunitune worker (flask run, a stock worker) the extension
@@ -132,7 +114,7 @@ class RequestCycle:
         except KeyError:
             known = self._learn_rule(rule)
         if known.mode == EXEMPT:
-            _current.set(None)
+            _current.set(known)  # for the metrics' route label; checkouts ignore it
             return
         profile = known.profile
         now = self.clock()
@@ -143,7 +125,7 @@ class RequestCycle:
             _current.set(known)
             return
         db_lane, cpu = decide_lanes(known.mode, self.profiles.lanes_for(profile))
-        state = _InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
+        state = InFlight(known.route, profile, known.mode, db_lane, cpu, measured)
         _current.set(state)
         environ = req.environ
         if cpu or db_lane != EXEMPT:
@@ -161,7 +143,7 @@ class RequestCycle:
         if state.ticket is not None or state.measured:
             environ[_ENVIRON_KEY] = state
 
-    def _learn_rule(self, rule: Any) -> _Route:
+    def _learn_rule(self, rule: Any) -> RouteInfo:
         """Cache what a URL rule needs per request: its decorator mode, route name, profile."""
         if rule is None:
             name, mode = "<unmatched>", None
@@ -175,12 +157,13 @@ class RequestCycle:
                 name = f"{rule.rule} [{rule.endpoint}]"
         # Exempt views are never measured: no profile in the stats for them.
         profile = RouteProfile() if mode == EXEMPT else self.profiles.get(name)
-        known = _Route(name, mode, profile)
+        internal = rule is not None and rule.endpoint in INTERNAL_ENDPOINTS
+        known = RouteInfo(name, mode, profile, internal)
         self._routes[id(rule)] = known
         return known
 
     def _acquire(
-        self, state: _InFlight, mode: str | None, environ: WSGIEnvironment
+        self, state: InFlight, mode: str | None, environ: WSGIEnvironment
     ) -> Ticket | None:
         limiter = self._limiter()
         sock = environ.get("gunicorn.socket")
@@ -197,6 +180,7 @@ class RequestCycle:
                 if not state.cpu and state.db_lane == EXEMPT:
                     return None
             except Rejected as exc:
+                state.refused, state.shed_code = "shed", exc.code
                 self.telemetry.record_shed()
                 self.telemetry.observe(limiter.waiting())
                 retry_after = self._retry_after(state.profile, limiter)
@@ -205,6 +189,7 @@ class RequestCycle:
                 after_this_request(partial(keep_retry_after, retry_after))
                 raise Overloaded(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
+                state.refused = "client_gone"
                 from werkzeug.exceptions import ClientDisconnected
 
                 raise ClientDisconnected() from None
@@ -215,8 +200,12 @@ class RequestCycle:
         def release_on_close(
             environ: WSGIEnvironment, start_response: StartResponse
         ) -> Iterable[bytes]:
+            metrics = self.metrics
             try:
-                body = wsgi_app(environ, start_response)
+                if metrics is None:
+                    body = wsgi_app(environ, start_response)
+                else:
+                    body = metrics.serve(wsgi_app, environ, start_response, _current)
             except BaseException:
                 self.finish(environ)
                 raise
@@ -228,7 +217,7 @@ class RequestCycle:
 
     def finish(self, environ: WSGIEnvironment) -> None:
         """Release the slots, learn from the request, report loop blocks."""
-        state: _InFlight | None = environ.pop(_ENVIRON_KEY, None)
+        state: InFlight | None = environ.pop(_ENVIRON_KEY, None)
         if state is None:
             return
         ticket = state.ticket
@@ -267,8 +256,9 @@ class RequestCycle:
         state = _current.get()
         if state is None:
             return
-        if isinstance(state, _Route):
-            self.profiles.saw_database(state.route)
+        if isinstance(state, RouteInfo):
+            if state.mode != EXEMPT:
+                self.profiles.saw_database(state.route)
             return
         if state.ticket is not None:
             # Kept on the connection record: the checkin may run where the
@@ -289,7 +279,7 @@ class RequestCycle:
 
     def _on_db_error(self, context: Any) -> None:
         state = _current.get()
-        if isinstance(state, _InFlight) and capacity_error(context):
+        if isinstance(state, InFlight) and capacity_error(context):
             state.db_failed = True
 
     def _retry_after(self, profile: RouteProfile, limiter: Limiter) -> int:

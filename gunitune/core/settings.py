@@ -226,7 +226,12 @@ class Settings:
     )
     stats_token = Setting(
         _text(), "",
-        "Bearer token for the stats endpoint; empty: loopback clients only.",
+        "Bearer token for the stats and metrics endpoints; empty: loopback clients only.",
+    )
+    metrics_path = Setting(
+        _path_or_off(), "",
+        "URL path of the Prometheus metrics endpoint (all workers of the master, "
+        "PROMETHEUS_MULTIPROC_DIR); empty: off.",
     )
 
     def __init__(self, values: Mapping[str, Any]) -> None:

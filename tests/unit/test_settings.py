@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "pressure_interval": 1.0,
     "stats_path": "",
     "stats_token": "",
+    "metrics_path": "",
 }
 
 
@@ -92,6 +93,7 @@ def test_class_access_returns_the_declaration() -> None:
         ("GUNITUNE_GREEN_CHECK", " off ", "off"),
         ("GUNITUNE_STATS_PATH", " /_gunitune ", "/_gunitune"),
         ("GUNITUNE_STATS_PATH", "", ""),
+        ("GUNITUNE_METRICS_PATH", " /metrics ", "/metrics"),
         ("GUNITUNE_STATS_TOKEN", "s3cret token", "s3cret token"),
     ],
 )
@@ -175,6 +177,7 @@ FRACTION = "a number between 0 and 1 (exclusive)"
         ("GUNITUNE_BLOCK_THRESHOLD", "0", NUM_GT_0),
         ("GUNITUNE_PRESSURE_INTERVAL", "-1", NUM_GT_0),
         ("GUNITUNE_STATS_PATH", "stats", "a URL path starting with '/', or empty (off)"),
+        ("GUNITUNE_METRICS_PATH", "metrics", "a URL path starting with '/', or empty (off)"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(key: str, raw: object, allowed: str) -> None:
