@@ -97,6 +97,11 @@ class _Instruments:
             "gunitune_worker_cpu_ratio", "CPU seconds per second of each worker process.",
             mode="liveall",
         )
+        # Every series a counter may get exists from the start, at 0: a series born
+        # with its first value (a burst of sheds between two scrapes) has no rate().
+        for lane in _SLOT_LANES:
+            for reason in facts.SHED_REASONS:
+                self.shed.labels(lane, reason)
         # Children by label values: .labels() costs a lock and a dict build per call.
         self.request_children: dict[tuple[str, str, str], Any] = {}
         self.wait_children = {lane: self.queue_wait.labels(lane) for lane in _SLOT_LANES}
@@ -181,7 +186,11 @@ class Metrics:
         key = (route, lane, outcome)
         child = m.request_children.get(key)
         if child is None:
-            child = m.request_children[key] = m.requests.labels(*key)
+            # First of its route in this lane: all its outcomes start at 0 (see above).
+            for each in facts.OUTCOMES:
+                if (route, lane, each) not in m.request_children:
+                    m.request_children[(route, lane, each)] = m.requests.labels(route, lane, each)
+            child = m.request_children[key]
         child.inc()
 
     def publish(self) -> None:

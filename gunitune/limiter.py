@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gunitune._adaptive_db import AdaptiveDb
 from gunitune.core.adaptive import PROBE_LONGEST, DatabaseLimit
 from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
+from gunitune.core.metrics import QUEUE_TIMEOUT, SHUTTING_DOWN
 from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
@@ -288,7 +289,7 @@ class Limiter:
         with self._lock:
             if self.refusing:
                 self.counts[lane]["rejected"] += 1
-                raise Rejected("the worker is shutting down", 0.0, lane, "shutting_down")
+                raise Rejected("the worker is shutting down", 0.0, lane, SHUTTING_DOWN)
             if scheduler.try_acquire(lane):
                 return
             waiter = Waiter(lane, route, self._event())
@@ -317,9 +318,9 @@ class Limiter:
             raise Moved(route)
         self.counts[lane]["rejected"] += 1
         if waiter.refused:
-            reason, code = "the worker is shutting down", "shutting_down"
+            reason, code = "the worker is shutting down", SHUTTING_DOWN
         else:
-            reason, code = "no slot free within GUNITUNE_QUEUE_TIMEOUT", "queue_timeout"
+            reason, code = "no slot free within GUNITUNE_QUEUE_TIMEOUT", QUEUE_TIMEOUT
         raise Rejected(reason, self._clock() - start, lane, code)
 
     def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:

@@ -18,7 +18,10 @@ __all__ = [
     "ARCHIVE",
     "ARCHIVED_TYPES",
     "OUTCOMES",
+    "QUEUE_TIMEOUT",
     "QUEUE_WAIT_BUCKETS",
+    "SHED_REASONS",
+    "SHUTTING_DOWN",
     "cpu_ratio",
     "outcome",
     "sum_values",
@@ -26,6 +29,8 @@ __all__ = [
 
 OK, CLIENT_ERROR, ERROR, SHED, CLIENT_GONE = "ok", "client_error", "error", "shed", "client_gone"
 OUTCOMES = (OK, CLIENT_ERROR, ERROR, SHED, CLIENT_GONE)
+QUEUE_TIMEOUT, SHUTTING_DOWN = "queue_timeout", "shutting_down"
+SHED_REASONS = (QUEUE_TIMEOUT, SHUTTING_DOWN)
 # Seconds: from a loop turn (1 ms) to a long queue; the default
 # GUNITUNE_QUEUE_TIMEOUT is off, so waits of tens of seconds are possible.
 QUEUE_WAIT_BUCKETS = (

@@ -70,6 +70,13 @@ def test_requests_are_counted_by_route_lane_and_outcome(
     # A path no rule matches is one route, whatever its path: cardinality stays bounded.
     assert delta(route="<unmatched>", lane="fast", outcome="client_error") == 1
     assert value(scrape(app), "gunitune_requests_total", route="/metrics") == 0
+    # Every outcome of a route seen in a lane is exported from then on, at 0 until it
+    # happens: rate() needs a sample before the first increment.
+    for outcome in ("error", "shed", "client_gone"):
+        labels = (("lane", "fast"), ("outcome", outcome), ("route", "/io"))
+        assert ("gunitune_requests_total", labels) in after, outcome
+    for lane in ("fast", "slow", "cpu"):
+        assert ("gunitune_shed_total", (("lane", lane), ("reason", "queue_timeout"))) in before
     wait = "gunitune_queue_wait_seconds_count"
     # /io three times and the unmatched path: a route not yet learned queues in the fast lane.
     assert value(after, wait, lane="fast") - value(before, wait, lane="fast") == 4
