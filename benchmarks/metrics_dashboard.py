@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Rendered by benchmarks/metrics_dashboard.py from {len(scrapes)} real scrapes of /metrics "
         f"(every {SCRAPE_EVERY} s; $__rate_interval = {RATE_WINDOW:g} s), not a Grafana "
         f"screenshot. 2-CPU VM, `python -m benchmarks.metrics_dashboard`; "
-        f"client saw {dict(statuses)}, the last scrape counts {counted:.0f} requests "
-        f"(client requests + readiness probes). Series that stay 0 are left out."
+        f"the client sent {len(results)} requests {dict(statuses)}, the last scrape "
+        f"counts {counted:.0f}. Series that stay 0 are left out."
     )
     if args.dump:
         dumped = [[t, [list(s) for s in samples]] for t, samples in scrapes]

@@ -219,7 +219,9 @@ class Settings:
         "Report a request that holds the event loop longer than this many seconds.",
     )
     pressure_interval = Setting(
-        _float_above(0), 1.0, "Seconds between QueuePool pressure checks when idle.",
+        _float_above(0), 1.0,
+        "Seconds between QueuePool pressure checks when idle, and between two "
+        "publications of a worker's gauges when metrics are on.",
     )
     stats_path = Setting(
         _path_or_off(), "", "URL path of the JSON stats endpoint; empty: off.",
