@@ -19,6 +19,8 @@ from tests.integration.conftest import GunicornFactory
 
 IO_BODY = b"hello there!\n"
 HOST = "127.0.0.1"
+TOKEN = "metrics-s3cret"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 Samples = list[tuple[str, dict[str, str], float]]
 
 
@@ -33,8 +35,8 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[i
         conn.close()
 
 
-def _scrape(port: int) -> tuple[Samples, str]:
-    status, body, pid = _get(port, "/metrics")
+def _scrape(port: int, headers: dict[str, str] | None = None) -> tuple[Samples, str]:
+    status, body, pid = _get(port, "/metrics", headers)
     assert status == 200, body
     samples = [
         (s.name, s.labels, s.value)
@@ -151,12 +153,17 @@ def test_recycled_workers_keep_their_counts_and_leave_no_gauges(
             "GUNITUNE_METRICS_PATH": "/metrics",
             "PROMETHEUS_MULTIPROC_DIR": str(directory),
             "DEMO_IO_SECONDS": "0.01",
+            "GUNITUNE_STATS_TOKEN": TOKEN,
         },
         probe_path="/hello",
     )
     assert _metrics_dir(server) == directory
+    # With a token, a forwarded request passes with it and only with it.
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    assert _get(server.port, "/metrics", forwarded)[0] == 403
+    assert _get(server.port, "/metrics", {**forwarded, **BEARER})[0] == 200
     assert not (directory / "counter_999999.db").exists(), "stale file not cleaned at start"
-    first = _scrape(server.port)[0]
+    first = _scrape(server.port, BEARER)[0]
     before = _total(first, "gunitune_requests_total")
     waits_before = _total(first, "gunitune_queue_wait_seconds_count")
     served_by: set[int] = set()
@@ -167,7 +174,7 @@ def test_recycled_workers_keep_their_counts_and_leave_no_gauges(
         served_by |= {r.served_by for r in results if r.served_by is not None}
         done += len(results)
         # Exactly what was answered, never less (a lost file) nor more (counted twice).
-        samples = _scrape(server.port)[0]
+        samples = _scrape(server.port, BEARER)[0]
         total = _total(samples, "gunitune_requests_total")
         assert total - before == done, (total, before, done)
         waits = _total(samples, "gunitune_queue_wait_seconds_count")
@@ -181,7 +188,7 @@ def test_recycled_workers_keep_their_counts_and_leave_no_gauges(
     _await(lambda: not dead_files(), 10, "the dead workers' files to be dropped or folded")
     assert (directory / "counter_archive.db").exists()
     assert (directory / "histogram_archive.db").exists()
-    samples = _scrape(server.port)[0]
+    samples = _scrape(server.port, BEARER)[0]
     assert _total(samples, "gunitune_requests_total") - before == done
     assert _total(samples, "gunitune_queue_wait_seconds_count") - waits_before == done
     live = {int(f.stem.rsplit("_", 1)[1]) for f in directory.glob("gauge_*.db")}
