@@ -42,6 +42,7 @@ from gunitune._request_parts import (
 )
 from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
+from gunitune.core.metrics import CLIENT_GONE, SHED
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
 from gunitune.http import INTERNAL_ENDPOINTS, Overloaded
@@ -180,7 +181,7 @@ class RequestCycle:
                 if not state.cpu and state.db_lane == EXEMPT:
                     return None
             except Rejected as exc:
-                state.refused, state.shed_code = "shed", exc.code
+                state.refused, state.shed_code = SHED, exc.code
                 self.telemetry.record_shed()
                 self.telemetry.observe(limiter.waiting())
                 retry_after = self._retry_after(state.profile, limiter)
@@ -189,7 +190,7 @@ class RequestCycle:
                 after_this_request(partial(keep_retry_after, retry_after))
                 raise Overloaded(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
-                state.refused = "client_gone"
+                state.refused = CLIENT_GONE
                 from werkzeug.exceptions import ClientDisconnected
 
                 raise ClientDisconnected() from None

@@ -17,9 +17,11 @@ from collections.abc import Iterable
 __all__ = [
     "ARCHIVE",
     "ARCHIVED_TYPES",
+    "CLIENT_GONE",
     "OUTCOMES",
     "QUEUE_TIMEOUT",
     "QUEUE_WAIT_BUCKETS",
+    "SHED",
     "SHED_REASONS",
     "SHUTTING_DOWN",
     "cpu_ratio",
