@@ -1,6 +1,6 @@
 """One request as the extension tracks it, and what the pool tells about it.
 
-:class:`InFlight` is a tracked request's state; :class:`RouteRef` a route on
+:class:`InFlight` is a tracked request's state; :class:`RouteInfo` a route on
 the hot path. :data:`current` holds the one running in this greenlet, for the
 pool's listeners: :class:`DbWatch` turns checkouts, checkins and database
 errors into holds, database use, capacity failures and outages.
@@ -21,21 +21,23 @@ from gunitune._db_holds import Holds, capacity_error
 from gunitune._request_parts import keep_retry_after
 from gunitune.core.lanes import EXEMPT
 from gunitune.core.limits import RouteProfile, RouteProfiles
+from gunitune.core.metrics import DB_UNAVAILABLE, SHED
 from gunitune.http import DatabaseUnavailable
 from gunitune.limiter import Ticket
 
-__all__ = ["DbWatch", "InFlight", "RouteRef", "current"]
+__all__ = ["DbWatch", "InFlight", "RouteInfo", "current"]
 
 _HELD_KEY = "gunitune_held"  # in a pool record's info: the request state holding it
 
 
 @dataclass(slots=True, frozen=True)
-class RouteRef:
+class RouteInfo:
     """A URL rule as the hot path needs it (cached by the rule's identity)."""
 
     route: str
     mode: str | None
     profile: RouteProfile
+    internal: bool = False  # gunitune's own endpoints: not counted in the metrics
 
 
 @dataclass(slots=True)
@@ -55,11 +57,13 @@ class InFlight:
     scout: bool = False  # a slow route's request sent ahead in the fast lane to be measured
     outage: bool = False  # its database work was cut by an outage
     built: bool = False  # its response body is built (not streamed): nothing runs after
+    refused: str = ""  # why gunitune answered it itself: "shed" or "client_gone"
+    shed_code: str = ""  # the cause of a shed (Rejected.code, or db_unavailable)
 
 
 # The request running in this greenlet, for the pool's listeners: its state
 # when it is tracked, its route when it took the hot path.
-current: ContextVar[InFlight | RouteRef | None] = ContextVar("gunitune_request", default=None)
+current: ContextVar[InFlight | RouteInfo | None] = ContextVar("gunitune_request", default=None)
 
 
 @dataclass
@@ -75,8 +79,9 @@ class DbWatch:
         state = current.get()
         if state is None:
             return
-        if isinstance(state, RouteRef):
-            self.profiles.saw_database(state.route)
+        if isinstance(state, RouteInfo):
+            if state.mode != EXEMPT:
+                self.profiles.saw_database(state.route)
             return
         if state.ticket is not None:
             # Kept on the connection record: the checkin may run where the
@@ -102,12 +107,15 @@ class DbWatch:
         outage = self.circuits.on_error(context)
         if state is None:
             return
-        if isinstance(state, RouteRef):
-            self.profiles.saw_database(state.route)  # a failed connect never checks out
+        if isinstance(state, RouteInfo):
+            if state.mode != EXEMPT:
+                self.profiles.saw_database(state.route)  # a failed connect never checks out
         else:
             state.used_db = True
             state.db_failed = state.db_failed or capacity_error(context)
-            state.outage = state.outage or outage
+            if outage:
+                state.outage = True
+                state.refused, state.shed_code = SHED, DB_UNAVAILABLE
         if outage:
             # In place of the driver's error: a 503 through the app's error
             # handlers. Not retried: the statement may have run.

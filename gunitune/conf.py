@@ -3,9 +3,11 @@
 Derives the worker class, workers, worker_connections, backlog and timeouts
 from this machine and the ``GUNITUNE_*`` environment, logs them once with the
 reason for each, and checks the Postgres connection budget before any worker
-starts. Options given on Gunicorn's command line still win: Gunicorn applies
-them after this module. ``gunitune init`` writes a ``gunitune.conf`` file that
-imports this module, for the short form ``gunicorn -c gunitune.conf app:app``.
+starts. With ``GUNITUNE_METRICS_PATH`` it also prepares prometheus_client's
+multiprocess directory (:mod:`gunitune.multiproc`). Options given on Gunicorn's
+command line still win: Gunicorn applies them after this module. ``gunitune init``
+writes a ``gunitune.conf`` file that imports this module, for the short form
+``gunicorn -c gunitune.conf app:app``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gunitune import configure
+from gunitune import configure, multiproc
 
 __all__ = [
     "backlog",
+    "child_exit",
     "graceful_timeout",
     "on_starting",
     "timeout",
@@ -47,3 +50,11 @@ def on_starting(server: Any) -> None:
         configure.log.info("command_line_overrides", overridden=overridden)
         derived = configure.with_workers(_derived, effective["workers"])
     configure.start(derived, os.environ)
+    # Before the workers fork: prometheus_client picks its mode when a worker
+    # imports it, from PROMETHEUS_MULTIPROC_DIR.
+    multiproc.on_starting(server, metrics_on=bool(derived.settings.metrics_path))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited (master): drop its live gauges, fold its counters (metrics)."""
+    multiproc.child_exit(server, worker)

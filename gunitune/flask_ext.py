@@ -20,12 +20,13 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy.engine import Engine
 
 from gunitune import engines as engine_facts
+from gunitune._metrics import Metrics
 from gunitune.core.lanes import CPU, EXEMPT, FAST, SLOW
 from gunitune.core.limits import RouteProfiles
 from gunitune.core.pressure import PressureMonitor
 from gunitune.core.resolve import Resolved, resolve, settings_from
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import Overloaded, register_stats, stats_view
+from gunitune.http import METRICS_ENDPOINT, Overloaded, metrics_view, register_stats, stats_view
 from gunitune.request_cycle import RequestCycle
 from gunitune.telemetry import PoolTelemetry
 
@@ -137,6 +138,13 @@ class GuniTune:
             loopback = settings.stats_loopback == "on"
             view = stats_view(self.stats, app, settings.stats_token, loopback)
             register_stats(app, settings.stats_path, self.exempt(view))
+        if settings.metrics_path:
+            cycle.metrics = Metrics(
+                lambda: cycle.limiter, cycle.telemetry, settings.pressure_interval
+            )
+            loopback = settings.stats_loopback == "on"
+            scrape = metrics_view(cycle.metrics.render, settings.stats_token, loopback)
+            app.add_url_rule(settings.metrics_path, METRICS_ENDPOINT, self.exempt(scrape))
         log.info(
             "gunitune_extension_ready",
             app=app.name,

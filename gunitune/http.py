@@ -1,4 +1,4 @@
-"""What gunitune answers over HTTP: the 503 it sheds with, and the stats endpoint.
+"""What gunitune answers over HTTP: the 503 it sheds with, the stats and metrics endpoints.
 
 The stats endpoint must not share its path with a route of the app: Werkzeug
 serves the first rule registered, so one of the two would vanish without a
@@ -22,15 +22,21 @@ from werkzeug.exceptions import Forbidden, ServiceUnavailable
 from gunitune.core.errors import ConfigError
 
 __all__ = [
+    "INTERNAL_ENDPOINTS",
+    "METRICS_ENDPOINT",
     "STATS_ENDPOINT",
     "DatabaseUnavailable",
     "Overloaded",
+    "check_access",
     "check_stats_path",
+    "metrics_view",
     "register_stats",
     "stats_view",
 ]
 
 STATS_ENDPOINT = "gunitune_stats"
+METRICS_ENDPOINT = "gunitune_metrics"
+INTERNAL_ENDPOINTS = frozenset({STATS_ENDPOINT, METRICS_ENDPOINT})
 
 
 class Overloaded(ServiceUnavailable):
@@ -80,6 +86,31 @@ def _forwarded(headers: Any) -> bool:
     return any(name in headers for name in _FORWARDING_HEADERS)
 
 
+def check_access(token: str, loopback: bool = True) -> None:
+    """Let the current request through to a gunitune endpoint, or raise ``Forbidden``.
+
+    With ``token`` set, only ``Authorization: Bearer <token>`` passes; without,
+    only a direct loopback client does, and only while ``loopback`` is on.
+    """
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            raise Forbidden(
+                "gunitune stats and metrics need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
+            )
+    elif not loopback:
+        # Settings refuse this combination; a view built by hand still locks out.
+        raise Forbidden("gunitune stats and metrics need GUNITUNE_STATS_TOKEN (loopback is off)")
+    elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
+        # Behind a reverse proxy on the same host every client is 127.0.0.1;
+        # a forwarding header says this one came from elsewhere. A proxy that
+        # adds none is why GUNITUNE_STATS_LOOPBACK=off exists.
+        raise Forbidden(
+            "gunitune stats and metrics answer direct loopback clients only "
+            "(or set GUNITUNE_STATS_TOKEN)"
+        )
+
+
 def stats_view(
     stats: Callable[[Flask], dict[str, Any]], app: Flask, token: str, loopback: bool = True
 ) -> Callable[[], Response]:
@@ -87,22 +118,7 @@ def stats_view(
     direct loopback clients (unless ``loopback`` is false)."""
 
     def gunitune_stats() -> Response:
-        if token:
-            sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(sent.encode(), token.encode()):
-                raise Forbidden(
-                    "gunitune stats need 'Authorization: Bearer <GUNITUNE_STATS_TOKEN>'"
-                )
-        elif not loopback:
-            # Settings refuse this combination; a view built by hand still locks out.
-            raise Forbidden("gunitune stats need GUNITUNE_STATS_TOKEN (loopback is off)")
-        elif not _is_loopback(request.remote_addr) or _forwarded(request.headers):
-            # Behind a reverse proxy on the same host every client is 127.0.0.1;
-            # a forwarding header says this one came from elsewhere. A proxy that
-            # adds none is why GUNITUNE_STATS_LOOPBACK=off exists.
-            raise Forbidden(
-                "gunitune stats answer direct loopback clients only (or set GUNITUNE_STATS_TOKEN)"
-            )
+        check_access(token, loopback)
         return jsonify(stats(app))
 
     return gunitune_stats
@@ -140,3 +156,17 @@ def register_stats(app: Flask, path: str, view: Callable[[], Response]) -> None:
         app.before_request_funcs[None] = [f for f in funcs if f is not check_once]
 
     app.before_request_funcs.setdefault(None, []).insert(0, check_once)
+
+
+def metrics_view(
+    render: Callable[[], tuple[bytes, str]], token: str, loopback: bool = True
+) -> Callable[[], Response]:
+    """A view returning ``render()``'s Prometheus exposition, guarded like the stats."""
+
+    def gunitune_metrics() -> Response:
+        check_access(token, loopback)
+        body, content_type = render()
+        return Response(body, content_type=content_type)
+
+    return gunitune_metrics
+

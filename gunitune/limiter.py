@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gunitune._adaptive_db import AdaptiveDb
 from gunitune.core.adaptive import PROBE_LONGEST, DatabaseLimit
 from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
+from gunitune.core.metrics import DB_UNAVAILABLE, QUEUE_TIMEOUT, SHUTTING_DOWN
 from gunitune.core.resolve import Resolved
 
 __all__ = ["ClientGone", "Limiter", "Moved", "Rejected", "Ticket"]
@@ -38,15 +39,25 @@ _FAST_FIRST_SECONDS = 0.01
 
 
 class Rejected(Exception):
-    """No slot within the queue timeout, the worker is shutting down, or
-    (``outage``) the database was away for longer than the outage wait."""
+    """No slot within the queue timeout, the worker is shutting down, or the
+    database was away for longer than the outage wait.
 
-    def __init__(self, reason: str, waited: float, lane: str, *, outage: bool = False) -> None:
+    ``code`` names the cause in a word (``queue_timeout``, ``shutting_down``,
+    ``db_unavailable``) for the metrics' ``reason`` label; ``reason`` says it
+    in a sentence.
+    """
+
+    def __init__(self, reason: str, waited: float, lane: str, code: str) -> None:
         super().__init__(reason)
         self.reason = reason
         self.waited = waited
         self.lane = lane
-        self.outage = outage
+        self.code = code
+
+    @property
+    def outage(self) -> bool:
+        """Refused because the database is away."""
+        return self.code == DB_UNAVAILABLE
 
 
 class ClientGone(Exception):
@@ -300,7 +311,7 @@ class Limiter:
         with self._lock:
             if self.refusing:
                 self.counts[lane]["rejected"] += 1
-                raise Rejected("the worker is shutting down", 0.0, lane)
+                raise Rejected("the worker is shutting down", 0.0, lane, SHUTTING_DOWN)
             if scheduler.try_acquire(lane):
                 return
             waiter = Waiter(lane, route, self._event(), since=start)
@@ -329,12 +340,12 @@ class Limiter:
             raise Moved(route)
         self.counts[lane]["rejected"] += 1
         if waiter.outage:
-            reason = "the database is unavailable"
+            reason, code = "the database is unavailable", DB_UNAVAILABLE
         elif waiter.refused:
-            reason = "the worker is shutting down"
+            reason, code = "the worker is shutting down", SHUTTING_DOWN
         else:
-            reason = "no slot free within GUNITUNE_QUEUE_TIMEOUT"
-        raise Rejected(reason, self._clock() - start, lane, outage=waiter.outage)
+            reason, code = "no slot free within GUNITUNE_QUEUE_TIMEOUT", QUEUE_TIMEOUT
+        raise Rejected(reason, self._clock() - start, lane, code)
 
     def _abandon(self, scheduler: LaneScheduler, waiter: Waiter) -> None:
         # Under the lock: with threads, a release may hand this waiter a slot

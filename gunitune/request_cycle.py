@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from gunitune._db_circuit import DbCircuits
 from gunitune._db_timeouts import add_connect_defaults
+from gunitune._metrics import Metrics
 from gunitune._request_parts import (
     BlockReports,
     ClosingBody,
@@ -37,12 +38,13 @@ from gunitune._request_parts import (
     decide_lanes,
     keep_retry_after,
 )
-from gunitune._request_state import DbWatch, InFlight, RouteRef, current
+from gunitune._request_state import DbWatch, InFlight, RouteInfo, current
 from gunitune.core.lanes import CPU, EXEMPT, FAST
 from gunitune.core.limits import RouteProfile, RouteProfiles, retry_after_seconds
+from gunitune.core.metrics import CLIENT_GONE, SHED
 from gunitune.core.resolve import Resolved
 from gunitune.cpu_meter import GreenletCpuMeter
-from gunitune.http import DatabaseUnavailable, Overloaded
+from gunitune.http import INTERNAL_ENDPOINTS, DatabaseUnavailable, Overloaded
 from gunitune.limiter import ClientGone, Limiter, Moved, Rejected, Ticket
 from gunitune.telemetry import PoolTelemetry
 
@@ -74,7 +76,8 @@ class RequestCycle:
     outage_wait: float = 15.0
     clock: Callable[[], float] = time.monotonic
     limiter: Limiter | None = None
-    _routes: dict[int, RouteRef] = field(default_factory=dict)
+    metrics: Metrics | None = None  # None: metrics off (one check per request)
+    _routes: dict[int, RouteInfo] = field(default_factory=dict)
     _blocks: BlockReports = field(default_factory=BlockReports)
     _watcher: PressureWatcher = field(default_factory=PressureWatcher)
 
@@ -90,6 +93,8 @@ class RequestCycle:
     def attach(self, limiter: Limiter) -> None:
         """Use the worker's limiter (called once by the worker, after the app loaded)."""
         self.limiter = limiter
+        if self.metrics is not None:
+            self.metrics.start()
 
     def _limiter(self) -> Limiter:
         # Outside a gunitune worker (flask run, a stock worker) the extension
@@ -109,7 +114,7 @@ class RequestCycle:
         except KeyError:
             known = self._learn_rule(rule)
         if known.mode == EXEMPT:
-            current.set(None)
+            current.set(known)  # for the metrics' route label; checkouts ignore it
             return
         profile = known.profile
         now = self.clock()
@@ -147,7 +152,7 @@ class RequestCycle:
         if state.ticket is not None or state.measured:
             environ[_ENVIRON_KEY] = state
 
-    def _learn_rule(self, rule: Any) -> RouteRef:
+    def _learn_rule(self, rule: Any) -> RouteInfo:
         """Cache what a URL rule needs per request: its decorator mode, route name, profile."""
         if rule is None:
             name, mode = "<unmatched>", None
@@ -161,7 +166,8 @@ class RequestCycle:
                 name = f"{rule.rule} [{rule.endpoint}]"
         # Exempt views are never measured: no profile in the stats for them.
         profile = RouteProfile() if mode == EXEMPT else self.profiles.get(name)
-        known = RouteRef(name, mode, profile)
+        internal = rule is not None and rule.endpoint in INTERNAL_ENDPOINTS
+        known = RouteInfo(name, mode, profile, internal)
         self._routes[id(rule)] = known
         return known
 
@@ -183,6 +189,7 @@ class RequestCycle:
                 if not state.cpu and state.db_lane == EXEMPT:
                     return None
             except Rejected as exc:
+                state.refused, state.shed_code = SHED, exc.code
                 self.telemetry.record_shed()
                 self.telemetry.observe(limiter.waiting())
                 retry_after = self._retry_after(state.profile, limiter)
@@ -194,6 +201,7 @@ class RequestCycle:
                 shed = DatabaseUnavailable if exc.outage else Overloaded
                 raise shed(retry_after, exc.reason, exc.waited) from None
             except ClientGone:
+                state.refused = CLIENT_GONE
                 from werkzeug.exceptions import ClientDisconnected
 
                 raise ClientDisconnected() from None
@@ -204,8 +212,12 @@ class RequestCycle:
         def release_on_close(
             environ: WSGIEnvironment, start_response: StartResponse
         ) -> Iterable[bytes]:
+            metrics = self.metrics
             try:
-                body = wsgi_app(environ, start_response)
+                if metrics is None:
+                    body = wsgi_app(environ, start_response)
+                else:
+                    body = metrics.serve(wsgi_app, environ, start_response, current)
             except BaseException:
                 self.finish(environ)
                 raise

@@ -201,8 +201,9 @@ class Settings:
     )
     pressure_interval = Setting(
         number_range(0.01, 60), 1.0,
-        "Seconds between QueuePool pressure checks when idle. At least 0.01: each check reads "
-        "every pool, and more often spins a core; at most 60, or pressure goes unseen.",
+        "Seconds between QueuePool pressure checks when idle, and between two publications "
+        "of a worker's gauges when metrics are on. At least 0.01: each check reads every "
+        "pool, and more often spins a core; at most 60, or pressure goes unseen.",
     )
     stats_path = Setting(
         path(), "",
@@ -212,15 +213,20 @@ class Settings:
     )
     stats_token = Setting(
         token(), "",
-        "Bearer token for the stats endpoint; empty: loopback clients only (see "
+        "Bearer token for the stats and metrics endpoints; empty: loopback clients only (see "
         "GUNITUNE_STATS_LOOPBACK). Never printed, not even in an error.",
         secret=True,
     )
     stats_loopback = Setting(
         choice("on", "off"), "on",
         "on: without a token, a loopback client that sends no forwarding header reads the "
-        "stats. Turn off behind a proxy on the same host that adds no forwarding header "
-        "(HAProxy in TCP mode, a sidecar): every client then looks local.",
+        "stats and metrics. Turn off behind a proxy on the same host that adds no forwarding "
+        "header (HAProxy in TCP mode, a sidecar): every client then looks local.",
+    )
+    metrics_path = Setting(
+        path(), "",
+        "URL path of the Prometheus metrics endpoint (all workers of the master, "
+        "PROMETHEUS_MULTIPROC_DIR); empty: off.",
     )
 
     def __init__(self, values: Mapping[str, Any]) -> None:

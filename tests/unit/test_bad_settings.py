@@ -112,6 +112,8 @@ ROWS = [
     Bad("GUNITUNE_PRESSURE_INTERVAL", "1e-9", "a number from 0.01 to 60"),  # spins a core
     Bad("GUNITUNE_PRESSURE_INTERVAL", "3600", "a number from 0.01 to 60"),
     Bad("GUNITUNE_PRESSURE_INTERVAL", float("nan"), "a number from 0.01 to 60", env=False),
+    Bad("GUNITUNE_METRICS_PATH", "metrics", PATH),
+    Bad("GUNITUNE_METRICS_PATH", "/metrics?x", PATH),
     Bad("GUNITUNE_STATS_PATH", "stats", PATH),
     Bad("GUNITUNE_STATS_PATH", "/stats/<id>", PATH),
     Bad("GUNITUNE_STATS_PATH", "/my stats", PATH),

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "stats_path": "",
     "stats_token": "",
     "stats_loopback": "on",
+    "metrics_path": "",
 }
 
 
@@ -94,6 +95,7 @@ def test_class_access_returns_the_declaration() -> None:
         ("GUNITUNE_GREEN_CHECK", " off ", "off"),
         ("GUNITUNE_STATS_PATH", " /_gunitune ", "/_gunitune"),
         ("GUNITUNE_STATS_PATH", "", ""),
+        ("GUNITUNE_METRICS_PATH", " /metrics ", "/metrics"),
         ("GUNITUNE_STATS_TOKEN", "s3cret token", "s3cret token"),
     ],
 )
@@ -180,6 +182,11 @@ HELD = "an integer from 1 to 1048576"
         (
             "GUNITUNE_STATS_PATH",
             "stats",
+            "a URL path starting with '/' (no '<', '>', '?', '#' or spaces), or empty (off)",
+        ),
+        (
+            "GUNITUNE_METRICS_PATH",
+            "metrics",
             "a URL path starting with '/' (no '<', '>', '?', '#' or spaces), or empty (off)",
         ),
     ],
