@@ -17,14 +17,13 @@ the kernel's listen queue); ``GUNITUNE_QUEUE_TIMEOUT`` bounds the wait.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from gunitune._adaptive_db import AdaptiveDb
+from gunitune._sync import Event, primitives
 from gunitune.core.adaptive import PROBE_LONGEST, DatabaseLimit
 from gunitune.core.lanes import CPU, DB_LANES, FAST, LANES, LaneScheduler, Waiter, db_shares
 from gunitune.core.metrics import DB_UNAVAILABLE, QUEUE_TIMEOUT, SHUTTING_DOWN
@@ -68,11 +67,6 @@ class Moved(Exception):
     """The request's route changed lanes while it was queued: acquire again."""
 
 
-class _Event(Protocol):
-    def wait(self, timeout: float | None = None) -> bool: ...
-    def set(self) -> None: ...
-
-
 @dataclass(slots=True)
 class Ticket:
     """A granted admission; give it back with :meth:`Limiter.release`."""
@@ -84,32 +78,6 @@ class Ticket:
     concurrent: int = 0  # database slots in use in this worker once it got its own
 
 
-def _gevent_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
-    import gevent
-    from gevent.event import Event
-
-    # A timed sleep, not sleep(0): sleep(0) resumes us from the callback queue
-    # without the loop polling IO or running timers in between.
-    def yield_to_loop() -> None:
-        gevent.sleep(0.001)
-
-    # The scheduler's methods never yield under gevent: no lock needed.
-    return Event, yield_to_loop, contextlib.nullcontext()
-
-
-def _thread_primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
-    return threading.Event, lambda: time.sleep(0.001), threading.Lock()
-
-
-def primitives() -> tuple[Callable[[], _Event], Callable[[], None], Any]:
-    """gevent's event and yield when gevent patched threading, else plain threads'."""
-    from gevent import monkey
-
-    if monkey.is_module_patched("threading"):
-        return _gevent_primitives()
-    return _thread_primitives()
-
-
 class Limiter:
     """Database lanes (shares of the pool) and the CPU lane of one worker."""
 
@@ -119,7 +87,7 @@ class Limiter:
         *,
         heartbeat: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        event_factory: Callable[[], _Event] | None = None,
+        event_factory: Callable[[], Event] | None = None,
         yield_to_loop: Callable[[], None] | None = None,
     ) -> None:
         settings = resolved.settings
