@@ -78,6 +78,7 @@ class DbCircuits:
         self._clock = clock
         self._circuits = {id(e): (e, Circuit()) for e in engines}
         self._outage_started: dict[int, float] = {}  # wall clock: pool records use time.time()
+        self._lock = threading.Lock()
         for engine in engines:
             replace = functools.partial(self._replace_stale, id(engine))
             event.listen(engine, "checkout", replace, insert=True)
@@ -112,8 +113,9 @@ class DbCircuits:
         self._open(engine, circuit, "no answer from the database (packets dropped?)")
 
     def _open(self, engine: Engine, circuit: Circuit, reason: str) -> None:
-        if not circuit.failure(self._clock()):
-            return  # open already
+        with self._lock:  # threaded servers: one opening, one probe thread
+            if not circuit.failure(self._clock()):
+                return  # open already
         self._outage_started[id(engine)] = time.time()
         limiter = self._limiter()
         if limiter is not None:
