@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from benchmarks.postgres import test_driver
+from benchmarks.postgres import app_driver
 from benchmarks.server import control_socket_disable_args, stock_args
 
 __all__ = [
@@ -227,7 +227,7 @@ def server_environ(config: ServerConfig, database_url: str) -> dict[str, str]:
         if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
     }
     # The demo's driver: psycopg2 unless PG_DRIVER=psycopg names psycopg 3.
-    app_url = re.sub(r"^postgres(?:ql)?://", f"postgresql+{test_driver()}://", database_url)
+    app_url = re.sub(r"^postgres(?:ql)?://", f"postgresql+{app_driver()}://", database_url)
     return {**base, "PYTHONUNBUFFERED": "1", **config.env, "DATABASE_URL": app_url}
 
 

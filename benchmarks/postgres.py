@@ -43,7 +43,7 @@ _DEFAULT_CONF = {
 DRIVERS = ("psycopg2", "psycopg")
 
 
-def test_driver() -> str:
+def app_driver() -> str:
     """The driver tests and benchmarks use: ``PG_DRIVER`` (psycopg2 unless set)."""
     driver = os.environ.get("PG_DRIVER", "").strip() or "psycopg2"
     if driver not in DRIVERS:
@@ -120,7 +120,7 @@ class PostgresCluster:
     @property
     def app_url(self) -> str:
         """:attr:`url` naming the driver of ``PG_DRIVER``, for the apps under test."""
-        return self.driver_url(test_driver())
+        return self.driver_url(app_driver())
 
     def driver_url(self, driver: str) -> str:
         """:attr:`url` naming ``driver`` (``psycopg2`` or ``psycopg``) for SQLAlchemy."""

@@ -108,7 +108,8 @@ def test_passthrough_echoes_and_stop_leaves_nothing(echo: EchoServer) -> None:
     assert proxy.mode == PASS and proxy.open_connections == 3
     proxy.stop()
     for c in clients:  # every client sees its connection reset by the stop
-        with pytest.raises(ConnectionResetError):
+        # The RST is met on the send (EPIPE) or on the read (ECONNRESET): timing decides.
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
             _roundtrip(c)
         c.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("fault-proxy")]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadclient import run_storm
-from benchmarks.postgres import PostgresCluster, test_driver
+from benchmarks.postgres import PostgresCluster, app_driver
 from benchmarks.server import GunicornProcess
 from tests.integration.conftest import GunicornFactory
 
@@ -43,7 +43,7 @@ def test_plain_sqlalchemy_app_storm(
         config="python:gunitune.conf",
         env={"PLAIN_ENGINES": engines, "GUNITUNE_WORKERS": "2"},
     )
-    _storm_all_valid(server, test_driver())
+    _storm_all_valid(server, app_driver())
     # Named: the engine's 4 + 6. Unnamed: GUNITUNE_POOL_SIZE + MAX_OVERFLOW (5 + 10),
     # the QueuePool's own timeout then guards the rest.
     slots = 10 if engines == "explicit" else 15
