@@ -40,6 +40,7 @@ from gunitune import engines as engine_facts
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import EagerServer, GatedPool, HeldGate
 from gunitune.core.errors import ConfigError, GunituneError
+from gunitune.core.limits import RouteProfiles
 from gunitune.core.resolve import GunicornFacts, resolve
 from gunitune.limiter import Limiter
 from gunitune.postgres import safe_error_text
@@ -50,9 +51,15 @@ log = structlog.get_logger("gunitune")
 
 # Exit code that makes the arbiter stop instead of respawning forever.
 _WORKER_BOOT_ERROR = 3
-# Part of graceful_timeout kept for the requests already started when the
-# worker refuses what is still queued.
-_DRAIN_RESERVE = 0.5
+# Time kept, at the end of graceful_timeout, for the requests already started
+# when the worker refuses what is still queued: three times the slowest route's
+# usual time (a reload doubles the database's load while old and new workers
+# overlap), at least 2 s, at most half of graceful_timeout. Shorter than needed
+# and a started request is killed (a reset); longer and queued ones get 503s
+# they could have been served.
+_DRAIN_RESERVE_ROUTES = 3.0
+_DRAIN_RESERVE_MIN = 2.0
+_DRAIN_RESERVE_MAX_SHARE = 0.5
 
 
 class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -66,6 +73,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         self.seat: Seat | None = None
         self._first_read: set[Any] = set()  # connection greenlets before their first request
         self._alive = True
+        self._profiles: RouteProfiles | None = None  # the app's routes, for the drain
         super().__init__(*args, **kwargs)
         # The arbiter builds its workers in the master, before fork: the board
         # made here is shared by every worker this master forks, reloads included.
@@ -160,6 +168,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         self.limiter = Limiter(resolved, heartbeat=self.heartbeat)
         if cycle is not None:
             cycle.attach(self.limiter)
+            self._profiles = cycle.profiles
         log.info(
             "worker_ready",
             pid=self.pid,
@@ -285,7 +294,13 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         limiter = self.limiter
         if limiter is None or self.gate is None:
             return  # still booting: nothing held
-        refuse_in = max(0.0, float(self.cfg.graceful_timeout) * (1 - _DRAIN_RESERVE))
+        graceful = float(self.cfg.graceful_timeout)
+        longest = self._profiles.longest_wall() if self._profiles is not None else graceful
+        reserve = min(
+            graceful * _DRAIN_RESERVE_MAX_SHARE,
+            max(_DRAIN_RESERVE_MIN, _DRAIN_RESERVE_ROUTES * longest),
+        )
+        refuse_in = max(0.0, graceful - reserve)
         log.info(
             "worker_draining",
             pid=self.pid,

@@ -103,6 +103,10 @@ class RouteProfiles:
             profile = self.routes[route] = RouteProfile()
         return profile
 
+    def longest_wall(self) -> float:
+        """The slowest route's usual wall time (seconds; 0 before any measurement)."""
+        return max((p.wall_seconds for p in self.routes.values() if p.samples), default=0.0)
+
     def should_measure(self, profile: RouteProfile, now: float) -> bool:
         """Measure this request (at ``now``)? Always while warming up, then every
         ``SAMPLE_INTERVAL`` seconds."""

@@ -14,10 +14,12 @@ import gevent
 import pytest
 from gevent.event import Event
 from gunicorn.workers import ggevent
+from structlog.testing import capture_logs
 
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import GatedPool, HeldGate
 from gunitune.core.lanes import FAST
+from gunitune.core.limits import RouteProfiles
 from gunitune.limiter import Limiter, Rejected
 from gunitune.worker import GuniTuneWorker
 from tests.unit.helpers import resolved
@@ -36,6 +38,7 @@ def worker(graceful_timeout: float = 0.0, heartbeat: Counter | None = None) -> G
     made = GuniTuneWorker.__new__(GuniTuneWorker)
     made._alive = True
     made._first_read = set()
+    made._profiles = None
     made.pid = os.getpid()
     made.cfg = SimpleNamespace(graceful_timeout=graceful_timeout, timeout=30, keepalive=2)
     made.limiter = Limiter(
@@ -153,3 +156,24 @@ def test_stop_before_the_limiter_exists_only_closes_the_seat() -> None:
     assert observer.others() == [0]
     booting.alive = False
     assert observer.others() == []
+
+
+@pytest.mark.parametrize(
+    ("longest", "refuse_in"),
+    [(None, 30.0), (0.0, 58.0), (0.4, 58.0), (5.0, 45.0), (100.0, 30.0)],
+)
+def test_queued_requests_are_refused_when_the_slowest_route_could_no_longer_finish(
+    longest: float | None, refuse_in: float
+) -> None:
+    draining = worker(graceful_timeout=60.0)
+    if longest is not None:
+        profiles = RouteProfiles()
+        if longest:
+            profiles.add("/slow", 0.0, longest, True, 0.0)
+        draining._profiles = profiles
+    with capture_logs() as logs:
+        draining.alive = False
+        gevent.sleep(0)
+    (event,) = [e for e in logs if e["event"] == "worker_draining"]
+    # Three times the slowest route's usual time, at least 2 s, at most half.
+    assert event["refuse_queued_in"] == pytest.approx(refuse_in)
