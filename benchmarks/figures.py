@@ -40,7 +40,7 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
         "p90": percentile(latencies, 90),
         "p99": percentile(latencies, 99),
         "max": max(latencies),
-        "mean": sum(latencies) / len(latencies),
+        "mean": statistics.fmean(latencies),
     }
 
 
