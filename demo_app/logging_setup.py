@@ -12,8 +12,8 @@ import structlog
 def configure_logging() -> None:
     """One JSON object per line on stderr, next to Gunicorn's own log.
 
-    structlog's events (gunitune's) and stdlib records (Flask's ``app.logger``,
-    SQLAlchemy's warnings) both come out as JSON. Gunicorn's own lines keep its
+    structlog's events (gunitune's) and stdlib logging records (Flask's
+    ``app.logger``, any library that logs) both come out as JSON. Gunicorn's own lines keep its
     plain format: its loggers don't propagate, they are readable as they are, and
     the benchmarks count them by their text ("WORKER TIMEOUT", "Booting worker").
     """
