@@ -153,15 +153,6 @@ def measure_knee(
     return run
 
 
-class _LoopProgress(Progress):
-    """The progress line of a closed loop, whose number of requests is not known ahead."""
-
-    def line(self) -> str:
-        elapsed = time.monotonic() - self.started
-        failed = self.done - self.ok
-        return f"[{self.label}] {self.done} done ok {self.ok} failed {failed} {elapsed:.1f}s"
-
-
 async def _phases(
     port: int, path: str, s: BenchSettings, deadline: float, progress: Progress
 ) -> tuple[float, Results, list[tuple[str, float, float]]]:
@@ -207,7 +198,7 @@ def measure_switch(
     if limits is not None:
         limits.start()
     try:
-        with _LoopProgress(label, 0) as progress:
+        with Progress(label, None) as progress:  # a closed loop: no total ahead
             t0, results, phases = asyncio.run(
                 _phases(server.port, scen.path, s, deadline, progress)
             )

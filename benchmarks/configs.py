@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from benchmarks.postgres import app_driver
 from benchmarks.server import control_socket_disable_args, stock_args
+from gunitune.database_url import parse
 
 __all__ = [
     "ADAPTIVE",
@@ -226,8 +226,12 @@ def server_environ(config: ServerConfig, database_url: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
     }
-    # The demo's driver: psycopg2 unless PG_DRIVER=psycopg names psycopg 3.
-    app_url = re.sub(r"^postgres(?:ql)?://", f"postgresql+{app_driver()}://", database_url)
+    # The demo's driver: psycopg2 unless PG_DRIVER=psycopg names psycopg 3; a URL
+    # that already names a driver keeps it.
+    url = parse(database_url)
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername=f"postgresql+{app_driver()}")
+    app_url = url.render_as_string(hide_password=False)
     return {**base, "PYTHONUNBUFFERED": "1", **config.env, "DATABASE_URL": app_url}
 
 

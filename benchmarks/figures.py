@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,20 +11,24 @@ if TYPE_CHECKING:
     from benchmarks.loadclient import RequestResult
 
 
-def percentile(values: Iterable[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default).
+def percentile(values: Iterable[float], q: int) -> float:
+    """The ``q``-th percentile (a whole number in 0..100), numpy's linear method.
 
-    Raises ValueError on an empty input or a ``q`` outside [0, 100].
+    Raises ValueError on an empty input or a ``q`` outside 0..100 or not whole.
     """
-    data = sorted(values)
+    data = list(values)
     if not data:
         raise ValueError("percentile of an empty sequence")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within [0, 100], got {q}")
-    pos = (len(data) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    if q not in range(101):
+        raise ValueError(f"percentile q must be a whole number within [0, 100], got {q}")
+    # statistics.quantiles (inclusive) is numpy's linear method, kept by the
+    # stdlib; it returns only the 99 inner cut points and, before 3.13, refuses
+    # a single value, so the ends and a lone value are answered here.
+    if q == 0 or len(data) == 1:
+        return float(min(data))
+    if q == 100:
+        return float(max(data))
+    return statistics.quantiles(data, n=100, method="inclusive")[int(q) - 1]
 
 
 def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
@@ -36,7 +40,7 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
         "p90": percentile(latencies, 90),
         "p99": percentile(latencies, 99),
         "max": max(latencies),
-        "mean": sum(latencies) / len(latencies),
+        "mean": statistics.fmean(latencies),
     }
 
 

@@ -97,7 +97,7 @@ def max_spread(counts: Mapping[int, int]) -> float | None:
     """
     if not counts:
         return None
-    mean = sum(counts.values()) / len(counts)
+    mean = statistics.fmean(counts.values())
     if mean <= 0:
         return None
     return max(abs(n - mean) for n in counts.values()) / mean

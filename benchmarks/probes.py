@@ -4,7 +4,7 @@
   database connections (``pg_stat_activity``) and the listening socket's accept
   queue, and keeps the peaks.
 * :func:`cpu_seconds_per_request` times the ``/cpu`` route's work unloaded.
-* :class:`Progress` is the stderr progress line of a run in flight.
+* :class:`Progress` is the stderr progress bar (tqdm) of a run in flight.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg2
+from tqdm import tqdm
 
 __all__ = [
     "Progress",
@@ -192,19 +192,42 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-class Progress:
-    """``[label] done/total ok N failed N 12.3s`` on stderr while a run is in flight.
+class _LogLines:
+    """tqdm's output off a terminal: each redraw as a line of its own.
 
-    A ticker thread redraws it so the clock moves while nothing completes (stock
-    waiting out a worker timeout). On a terminal the line is rewritten with ``\\r``;
-    elsewhere (CI logs) a plain line is printed every 10 s.
+    tqdm redraws in place with ``\r``, which a CI log keeps as one ever-growing
+    line (or shows only the last state); a log wants separate lines.
     """
 
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total = label, total
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self._out.write(line + "\n")
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+class Progress:
+    """A tqdm progress bar on stderr while a run is in flight: done/total (or just
+    done when ``total`` is None or 0), elapsed time, rate, and ok/failed counts.
+
+    :meth:`add` only counts, since it runs for each of thousands of requests a
+    second on the client's event loop; a ticker thread copies the counts into the
+    bar and redraws it, every 0.25 s on a terminal and every 10 s elsewhere (a CI
+    log gets a line per redraw, see :class:`_LogLines`). The ticker also keeps the
+    clock moving while nothing completes (stock waiting out a worker timeout).
+    """
+
+    def __init__(self, label: str, total: int | None, file: TextIO | None = None) -> None:
+        self.label, self.total = label, total or None
         self.done = self.ok = 0
-        self.started = time.monotonic()
-        self._tty = sys.stderr.isatty()
+        self._file = sys.stderr if file is None else file
+        self._tty = self._file.isatty()
+        self._bar: tqdm[Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
 
@@ -213,32 +236,44 @@ class Progress:
         self.done += 1
         self.ok += ok
 
-    def line(self) -> str:
-        """The current progress text."""
-        elapsed = time.monotonic() - self.started
-        failed = self.done - self.ok
-        return (
-            f"[{self.label}] {self.done}/{self.total} ok {self.ok} failed {failed} {elapsed:.1f}s"
-        )
+    def draw(self) -> None:
+        """Copy the counts into the bar and redraw it (the ticker's job; no-op
+        outside the ``with`` block)."""
+        bar = self._bar
+        if bar is not None:
+            self._copy_counts(bar)
+            bar.refresh()
+
+    def _copy_counts(self, bar: tqdm[Any]) -> None:
+        done, ok = self.done, self.ok
+        # Set n rather than call update(): update() redraws on a schedule of its
+        # own, which would double the lines in a log; the ticker alone decides.
+        bar.n = done
+        bar.set_postfix_str(f"ok {ok} failed {done - ok}", refresh=False)
 
     def _tick(self) -> None:
         interval = 0.25 if self._tty else 10.0
         while not self._stop.wait(interval):
-            self._draw()
-
-    def _draw(self, end: str = "") -> None:
-        if self._tty:
-            sys.stderr.write("\r" + self.line() + "\x1b[K" + end)
-        else:
-            sys.stderr.write(self.line() + "\n")
-        sys.stderr.flush()
+            self.draw()
 
     def __enter__(self) -> Progress:
-        self.started = time.monotonic()
+        self._bar = tqdm(
+            desc=self.label,
+            total=self.total,
+            unit="req",
+            file=self._file if self._tty else _LogLines(self._file),
+            ncols=None if self._tty else 100,
+            dynamic_ncols=self._tty,
+            ascii=None if self._tty else True,
+            smoothing=0,  # the rate is the run's average, not a recent burst
+        )
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._draw(end="\n")
+        if self._bar is not None:
+            bar, self._bar = self._bar, None
+            self._copy_counts(bar)
+            bar.close()  # draws the final state and ends the line

@@ -6,9 +6,9 @@ No processes, no sockets: a report can be redrawn later with
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,11 +204,9 @@ def write_report(result: dict[str, Any], out_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Redraw ``report.md`` and the plots from a results directory's ``result.json``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m benchmarks.report results/<timestamp>", file=sys.stderr)
-        return 2
-    out_dir = Path(args[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("out_dir", type=Path, help="a results directory, results/<timestamp>")
+    out_dir: Path = parser.parse_args(argv).out_dir
     print(write_report(json.loads((out_dir / "result.json").read_text()), out_dir))
     return 0
 

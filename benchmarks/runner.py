@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import shutil
 import subprocess
 import time
@@ -24,6 +23,7 @@ from benchmarks.configs import BenchSettings, Scenario, ServerConfig, server_env
 from benchmarks.loadclient import RequestResult, request_once
 from benchmarks.probes import Progress, ServerProbe
 from benchmarks.server import GunicornProcess
+from gunitune.database_url import parse
 
 __all__ = ["HOST", "Measure", "libpq_url", "run_one", "server_figures", "warm_up"]
 
@@ -37,8 +37,12 @@ Measure = Callable[
 
 
 def libpq_url(url: str) -> str:
-    """``postgres://`` / ``postgresql+driver://`` as the plain URL psycopg2 accepts."""
-    return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", url.strip())
+    """``postgres://`` / ``postgresql+driver://`` as the plain URL psycopg2 accepts.
+
+    Through SQLAlchemy's URL (:func:`gunitune.database_url.parse`), so a password
+    with a raw ``@`` or ``/`` comes out percent-encoded, as libpq wants it.
+    """
+    return parse(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _storm(

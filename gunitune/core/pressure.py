@@ -14,7 +14,7 @@ itself add load at exactly the moment the worker is overloaded.
 from __future__ import annotations
 
 import enum
-import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -124,21 +124,24 @@ class WaitWindow:
         self._expire(now)
         return len(self._samples)
 
-    def percentile(self, q: float, now: float) -> float:
-        """The ``q``-th percentile (0-100) of waits in the window; 0.0 if none.
-
-        Linear interpolation between closest ranks, as numpy's default.
+    def percentile(self, q: int, now: float) -> float:
+        """The ``q``-th percentile (a whole number in 0-100) of waits in the
+        window; 0.0 if none. Linear interpolation, as numpy's default.
         """
-        if not 0 <= q <= 100:
-            raise ValueError(f"percentile q={q!r} must be between 0 and 100")
+        if q not in range(101):
+            raise ValueError(f"percentile q={q!r} must be a whole number between 0 and 100")
         self._expire(now)
         if not self._samples:
             return 0.0
-        values = sorted(value for _, value in self._samples)
-        rank = q / 100 * (len(values) - 1)
-        low = math.floor(rank)
-        high = min(low + 1, len(values) - 1)
-        return values[low] + (values[high] - values[low]) * (rank - low)
+        values = [value for _, value in self._samples]
+        # statistics.quantiles (inclusive) is numpy's linear method, kept by
+        # the stdlib; it gives only the 99 inner cut points and, before 3.13,
+        # refuses a single value, so the ends and a lone value are done here.
+        if q == 0 or len(values) == 1:
+            return min(values)
+        if q == 100:
+            return max(values)
+        return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.window_seconds

@@ -201,6 +201,13 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     assert (tmp_path / "report.md").read_text().startswith("# Storm benchmark")
 
 
+def test_report_command_wants_one_results_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        report.main([])
+    assert exited.value.code == 2
+    assert "usage: python -m benchmarks.report" in capsys.readouterr().err
+
+
 def test_configurations() -> None:
     s = configs.DEFAULTS
     stock, hand, tuned = configs.build_configs(s, cpus=2)
@@ -234,6 +241,8 @@ def test_server_environ_drops_inherited_knobs(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PG_DRIVER", "psycopg")
     env = configs.server_environ(stock, "postgres://u:p@127.0.0.1:5/db")
     assert env["DATABASE_URL"] == "postgresql+psycopg://u:p@127.0.0.1:5/db"
+    env = configs.server_environ(stock, "postgresql+psycopg2://u:p@127.0.0.1:5/db")
+    assert env["DATABASE_URL"] == "postgresql+psycopg2://u:p@127.0.0.1:5/db"  # named: kept
 
 
 def test_scenarios() -> None:
@@ -265,3 +274,5 @@ def test_libpq_url() -> None:
     assert libpq_url("postgres://u:p@h/db") == "postgresql://u:p@h/db"
     assert libpq_url("postgresql+psycopg2://u:p@h/db") == "postgresql://u:p@h/db"
     assert libpq_url(" postgresql://u@h/db ") == "postgresql://u@h/db"
+    # A password pasted raw, with an @ and a /, comes out percent-encoded for libpq.
+    assert libpq_url("postgres://u:p@s/s@h:5432/db") == "postgresql://u:p%40s%2Fs@h:5432/db"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import sys
+
 import pytest
+import structlog
+from flask import Flask
 
 from demo_app.factory import DemoConfig
+from demo_app.logging_setup import configure_logging
 
 URL = "postgres://demo:pw@127.0.0.1:5432/demo"
 
@@ -55,3 +63,28 @@ def test_bad_values_name_key_value_and_range(key: str, value: str, expected: str
 def test_missing_database_url_says_how_to_set_it() -> None:
     with pytest.raises(ValueError, match="DATABASE_URL is not set: export DATABASE_URL="):
         DemoConfig.from_environ({})
+
+
+def test_flask_info_lines_come_out_as_json_next_to_structlog_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    structlog.reset_defaults()
+    try:
+        configure_logging()
+        app = Flask("demo-log-test")
+        app.logger.info("demo_app ready: %s", "postgresql://demo:***@db/demo")
+        structlog.get_logger("gunitune").info("pool_pressure", state="ok")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    flask_line, structlog_line = (json.loads(line) for line in out.getvalue().splitlines())
+    # Before, the root's default WARNING level dropped app.logger.info() silently.
+    assert flask_line["event"] == "demo_app ready: postgresql://demo:***@db/demo"
+    assert (flask_line["level"], flask_line["logger"]) == ("info", "demo-log-test")
+    assert "timestamp" in flask_line
+    assert (structlog_line["event"], structlog_line["state"]) == ("pool_pressure", "ok")

@@ -42,6 +42,22 @@ def test_percentile_linear_interpolation() -> None:
         percentile([1.0], 101)
 
 
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    # Hand-computed on 10..50 (five values): rank = q/100 * 4, then a straight
+    # line between the two neighbouring values.
+    [(0, 10.0), (10, 14.0), (25, 20.0), (50, 30.0), (62, 34.8), (99, 49.6), (100, 50.0)],
+)
+def test_percentile_matches_hand_computed_ranks(q: int, expected: float) -> None:
+    assert percentile([50.0, 10.0, 40.0, 20.0, 30.0], q) == pytest.approx(expected)
+
+
+def test_percentile_wants_whole_q_and_answers_one_value_at_every_q() -> None:
+    assert [percentile([3.5], q) for q in (0, 1, 50, 99, 100)] == [3.5] * 5
+    with pytest.raises(ValueError, match="whole number"):
+        percentile([1.0, 2.0], 99.5)  # type: ignore[arg-type]
+
+
 def _result(i: int, status: int | None, error: str | None, t0: float, t1: float) -> RequestResult:
     return RequestResult(
         index=i, path="/", status=status, body_ok=status == 200 and error is None,

@@ -202,6 +202,23 @@ def test_percentiles_interpolate_linearly() -> None:
     assert w.count(now=0.0) == 4
 
 
+def test_percentiles_match_hand_computed_ranks() -> None:
+    w = WaitWindow(10.0)
+    for value in (0.5, 0.1, 0.4, 0.2, 0.3):
+        w.add(value, now=0.0)
+    # rank = q/100 * 4 over 0.1..0.5, then a straight line between neighbours.
+    got = [w.percentile(q, now=0.0) for q in (0, 10, 25, 62, 99, 100)]
+    assert got == pytest.approx([0.1, 0.14, 0.2, 0.348, 0.496, 0.5])
+
+
+def test_percentile_of_one_wait_is_that_wait_at_every_q() -> None:
+    w = WaitWindow(10.0)
+    w.add(0.25, now=0.0)
+    assert [w.percentile(q, now=0.0) for q in (0, 1, 50, 99, 100)] == [0.25] * 5
+    with pytest.raises(ValueError, match="whole number"):
+        w.percentile(99.5, now=0.0)  # type: ignore[arg-type]
+
+
 def test_percentile_of_empty_window_is_zero_and_q_is_checked() -> None:
     w = WaitWindow(10.0)
     assert w.percentile(99, now=0.0) == 0.0
