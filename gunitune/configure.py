@@ -22,10 +22,12 @@ from gunitune._isolated import run_in_child
 from gunitune.core.budget import ServerBudget, check_budget
 from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
+from gunitune.core.fleet import fleet_share
 from gunitune.core.planner import Plan, make_plan
 from gunitune.core.settings import MAX_WORKERS, Settings
 from gunitune.core.urls import UnsupportedDatabaseURL
 from gunitune.database_url import masked, with_driver
+from gunitune.pool_share import publish_share
 from gunitune.postgres import DatabaseUnreachable
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "derive",
     "exit_with",
     "load",
+    "read_budget",
     "start",
     "with_workers",
 ]
@@ -131,26 +134,78 @@ def _read_budget(url: str) -> ServerBudget:
     return read_server_budget(url, connect_timeout=_CONNECT_TIMEOUT)
 
 
-def check_database_budget(derived: Derived, url: str) -> str | None:
-    """Compare the plan with the server's connection budget.
+def read_budget(url: str) -> ServerBudget:
+    """The server's budget, read in a forked child (raises :class:`DatabaseUnreachable`)."""
+    # In a child: a driver imported by the master spoils psycopg 3 in every worker.
+    return run_in_child(
+        functools.partial(_read_budget, url),
+        timeout=_BUDGET_READ_TIMEOUT,
+        what="reading the PostgreSQL connection budget",
+    )
+
+
+def check_database_budget(
+    derived: Derived, url: str, server: ServerBudget | None = None
+) -> str | None:
+    """Compare the plan, for every host of the fleet, with the server's connection budget.
 
     Returns ``None`` when it fits, else the one-line complaint. An unreachable
     database raises :class:`gunitune.core.errors.GunituneError` (one line).
     """
     plan = derived.plan
-    # In a child: a driver imported by the master spoils psycopg 3 in every worker.
-    server = run_in_child(
-        functools.partial(_read_budget, url),
-        timeout=_BUDGET_READ_TIMEOUT,
-        what="reading the PostgreSQL connection budget",
-    )
+    hosts = derived.settings.hosts
+    server = read_budget(url) if server is None else server
     verdict = check_budget(
-        plan.total_db_connections,
+        hosts * plan.total_db_connections,
         server,
         workers=plan.workers,
         per_worker=plan.connections_per_worker,
+        hosts=hosts,
     )
-    return None if verdict.ok else verdict.message
+    if verdict.ok:
+        return None
+    try:
+        share = fleet_share(server, hosts=hosts, workers=plan.workers)
+    except ConfigError:
+        return verdict.message
+    return (
+        f"{verdict.message}, or GUNITUNE_POOL=auto"
+        f" ({share.pool_size} + {share.max_overflow} per worker)"
+    )
+
+
+def _pool_auto(derived: Derived, url: str, mode: str) -> None:
+    """``GUNITUNE_POOL=auto``: each worker's share of the budget, logged and handed over."""
+    plan = derived.plan
+    try:
+        server = read_budget(url)
+        share = fleet_share(server, hosts=derived.settings.hosts, workers=plan.workers)
+    except DatabaseUnreachable as exc:
+        if exc.kind in _MISCONFIGURED:
+            exit_with(str(exc))
+        log.warning(
+            "pool_auto_unchecked", problem=str(exc), kind=exc.kind,
+            why="no budget to share: the workers keep the app's own pools",
+        )  # fmt: skip
+        return
+    except GunituneError as exc:  # ConfigError: under one connection per worker
+        if mode == "error":
+            exit_with(str(exc))
+        log.warning("pool_auto_unchecked", problem=str(exc), why="the workers keep their pools")
+        return
+    publish_share(share.pool_size, share.max_overflow)
+    log.info(
+        "pool_auto",
+        pool_size=share.pool_size,
+        max_overflow=share.max_overflow,
+        per_worker=share.per_worker,
+        per_host=share.per_host,
+        hosts=share.hosts,
+        workers=share.workers,
+        headroom=share.headroom,
+        fleet_connections_now=server.own_connections,
+        why=share.reason,
+    )
 
 
 def start(derived: Derived, environ: Mapping[str, str]) -> None:
@@ -181,6 +236,10 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         if "clips backlog" in line:
             log.warning("backlog_clipped", advice=line)
     mode = derived.settings.budget_check
+    if url and derived.settings.pool == "auto":
+        # The share fits the budget by construction: it replaces the check.
+        _pool_auto(derived, url, mode)
+        return
     if not url or mode == "off":
         return
     try:

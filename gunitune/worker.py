@@ -35,12 +35,12 @@ import structlog
 from gevent import getcurrent
 from gunicorn.workers import base, ggevent
 
-from gunitune import configure, green
+from gunitune import configure, green, pool_share
 from gunitune import engines as engine_facts
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import EagerServer, GatedPool, HeldGate
 from gunitune.core.errors import ConfigError, GunituneError
-from gunitune.core.resolve import GunicornFacts, resolve
+from gunitune.core.resolve import GunicornFacts, resolve, settings_from
 from gunitune.limiter import Limiter
 from gunitune.postgres import safe_error_text
 
@@ -143,6 +143,8 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
             check_stats_path(cycle.app)
         engines = cycle.engines if cycle is not None else engine_facts.find_engines()
         primary = cycle.primary if cycle is not None else None
+        app_config = cycle.app.config if cycle is not None else {}
+        self._share_pools(engines, app_config)
         facts = GunicornFacts(
             timeout=float(self.cfg.timeout),
             graceful_timeout=float(self.cfg.graceful_timeout),
@@ -151,7 +153,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         try:
             resolved = resolve(
                 os.environ,
-                cycle.app.config if cycle is not None else {},
+                app_config,
                 facts,
                 engine_facts.pool_facts(engines, primary),
             )
@@ -171,6 +173,22 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
             extension="on" if cycle is not None else "off (no GuniTune on the app)",
         )
         self._check_drivers(engines, resolved.settings.green_check)
+
+    def _share_pools(self, engines: list[Any], app_config: Any) -> None:
+        """``GUNITUNE_POOL=auto``: default-sized pools take the master's share, before
+        the limiter reads their capacity (so the lanes follow)."""
+        share = pool_share.pool_options()
+        if not share:
+            return  # app mode, or the master could not read the budget
+        try:
+            mode = settings_from(os.environ, app_config).pool
+        except ConfigError as exc:
+            raise GunituneError(str(exc)) from None
+        if mode != "auto":
+            return
+        explicit = pool_share.explicit_in_config(app_config)
+        report = pool_share.apply_share(engines, share, explicit=explicit, pid=self.pid)
+        log.info("pool_share_applied", pid=self.pid, **share, engines=report)
 
     def _check_drivers(self, engines: list[Any], mode: str) -> None:
         if mode == "off":
