@@ -38,6 +38,7 @@ CONNECT_DEFAULTS: dict[str, int] = {
     "tcp_user_timeout": 10_000,
 }
 _LIBPQ_DRIVERS = ("psycopg2", "psycopg")
+_POOLER_ENV = "_GUNITUNE_POOLER"  # gunitune.pool_share.POOLER_ENV, set by the master
 # PostgreSQL keeps 63 bytes of application_name (NAMEDATALEN - 1) and cuts the rest.
 _NAME_BYTES = 63
 
@@ -64,3 +65,8 @@ def _set_defaults(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, An
         cparams.setdefault(key, value)
     # At connect time: the pid of the worker that opens it, not of a preloading master.
     cparams.setdefault("application_name", application_name())
+    if dialect.driver == "psycopg" and os.environ.get(_POOLER_ENV) == "transaction":
+        # Server-side prepared statements live on one backend; a transaction
+        # pooler hands the next transaction another one ("prepared statement
+        # _pg3_0 does not exist"). psycopg2 prepares nothing.
+        cparams.setdefault("prepare_threshold", None)

@@ -8,7 +8,6 @@ names Gunicorn reads.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -18,16 +17,15 @@ from typing import Any, NoReturn
 import structlog
 
 from gunitune import database_url
-from gunitune._isolated import run_in_child
-from gunitune.core.budget import ServerBudget, check_budget
+from gunitune import fleet_start as fleet
+from gunitune.core.budget import ServerBudget
 from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
-from gunitune.core.fleet import fleet_share
 from gunitune.core.planner import Plan, make_plan
 from gunitune.core.settings import MAX_WORKERS, Settings
 from gunitune.core.urls import UnsupportedDatabaseURL
 from gunitune.database_url import masked, with_driver
-from gunitune.pool_share import publish_share
+from gunitune.fleet_start import check_database_budget, read_budget
 from gunitune.postgres import DatabaseUnreachable
 
 __all__ = [
@@ -43,11 +41,8 @@ __all__ = [
 ]
 
 WORKER_CLASS = "gunitune.worker.GuniTuneWorker"
-_CONNECT_TIMEOUT = 5.0
 # Unreachable for reasons waiting will not fix: stop with one line at start.
 _MISCONFIGURED = frozenset({"auth", "no_database", "invalid"})
-# Connect, one query, and a fork: generous, but a hung database must not hang the start.
-_BUDGET_READ_TIMEOUT = 3 * _CONNECT_TIMEOUT
 log = structlog.get_logger("gunitune")
 
 
@@ -128,86 +123,6 @@ def exit_with(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def _read_budget(url: str) -> ServerBudget:
-    from gunitune.postgres import read_server_budget  # imports a driver: in the child only
-
-    return read_server_budget(url, connect_timeout=_CONNECT_TIMEOUT)
-
-
-def read_budget(url: str) -> ServerBudget:
-    """The server's budget, read in a forked child (raises :class:`DatabaseUnreachable`)."""
-    # In a child: a driver imported by the master spoils psycopg 3 in every worker.
-    return run_in_child(
-        functools.partial(_read_budget, url),
-        timeout=_BUDGET_READ_TIMEOUT,
-        what="reading the PostgreSQL connection budget",
-    )
-
-
-def check_database_budget(
-    derived: Derived, url: str, server: ServerBudget | None = None
-) -> str | None:
-    """Compare the plan, for every host of the fleet, with the server's connection budget.
-
-    Returns ``None`` when it fits, else the one-line complaint. An unreachable
-    database raises :class:`gunitune.core.errors.GunituneError` (one line).
-    """
-    plan = derived.plan
-    hosts = derived.settings.hosts
-    server = read_budget(url) if server is None else server
-    verdict = check_budget(
-        hosts * plan.total_db_connections,
-        server,
-        workers=plan.workers,
-        per_worker=plan.connections_per_worker,
-        hosts=hosts,
-    )
-    if verdict.ok:
-        return None
-    try:
-        share = fleet_share(server, hosts=hosts, workers=plan.workers)
-    except ConfigError:
-        return verdict.message
-    return (
-        f"{verdict.message}, or GUNITUNE_POOL=auto"
-        f" ({share.pool_size} + {share.max_overflow} per worker)"
-    )
-
-
-def _pool_auto(derived: Derived, url: str, mode: str) -> None:
-    """``GUNITUNE_POOL=auto``: each worker's share of the budget, logged and handed over."""
-    plan = derived.plan
-    try:
-        server = read_budget(url)
-        share = fleet_share(server, hosts=derived.settings.hosts, workers=plan.workers)
-    except DatabaseUnreachable as exc:
-        if exc.kind in _MISCONFIGURED:
-            exit_with(str(exc))
-        log.warning(
-            "pool_auto_unchecked", problem=str(exc), kind=exc.kind,
-            why="no budget to share: the workers keep the app's own pools",
-        )  # fmt: skip
-        return
-    except GunituneError as exc:  # ConfigError: under one connection per worker
-        if mode == "error":
-            exit_with(str(exc))
-        log.warning("pool_auto_unchecked", problem=str(exc), why="the workers keep their pools")
-        return
-    publish_share(share.pool_size, share.max_overflow)
-    log.info(
-        "pool_auto",
-        pool_size=share.pool_size,
-        max_overflow=share.max_overflow,
-        per_worker=share.per_worker,
-        per_host=share.per_host,
-        hosts=share.hosts,
-        workers=share.workers,
-        headroom=share.headroom,
-        fleet_connections_now=server.own_connections,
-        why=share.reason,
-    )
-
-
 def start(derived: Derived, environ: Mapping[str, str]) -> None:
     """Gunicorn's ``on_starting``: explain the derived values, then check the database."""
     plan = derived.plan
@@ -236,27 +151,35 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         if "clips backlog" in line:
             log.warning("backlog_clipped", advice=line)
     mode = derived.settings.budget_check
-    if url and derived.settings.pool == "auto":
-        # The share fits the budget by construction: it replaces the check.
-        _pool_auto(derived, url, mode)
+    auto = derived.settings.pool == "auto"
+    if not url or (mode == "off" and not auto):
         return
-    if not url or mode == "off":
-        return
+    complaint: str | None = None
     try:
-        complaint = check_database_budget(derived, url)
+        server: ServerBudget | None = read_budget(url)
     except DatabaseUnreachable as exc:
         if exc.kind not in _MISCONFIGURED:
             # Start anyway: health checks and routes without a database serve,
             # and database routes answer 503 + Retry-After until it is back: a
             # host must be able to start during an outage. A measured shortfall
-            # or a wrong URL still stops it.
+            # or a wrong URL still stops it. GUNITUNE_POOL=auto: no budget to
+            # share, so the workers keep the app's pools.
             log.warning("postgres_budget_unchecked", problem=str(exc), kind=exc.kind)
             return
-        complaint = str(exc)
+        server, complaint = None, str(exc)
     except GunituneError as exc:
-        complaint = str(exc)
+        server, complaint = None, str(exc)
+    if server is not None:
+        share = fleet.share_or_none(derived, server)
+        fleet.announce_pooler(derived, server, share)
+        # With auto the share fits the budget by construction: it replaces the check.
+        complaint = fleet.pool_auto(derived, server, share) if auto else (
+            check_database_budget(derived, url, server)
+        )
+        if auto and complaint is None:
+            return
     if complaint is None:
-        log.info("postgres_budget_ok", needed=plan.total_db_connections)
+        log.info("postgres_budget_ok", needed=plan.total_db_connections * derived.settings.hosts)
     elif mode == "error":
         exit_with(complaint)
     else:

@@ -20,10 +20,19 @@ from sqlalchemy.pool import QueuePool
 
 from gunitune.database_url import masked
 
-__all__ = ["SHARE_ENV", "apply_share", "explicit_in_config", "pool_options", "publish_share"]
+__all__ = [
+    "POOLER_ENV",
+    "SHARE_ENV",
+    "apply_share",
+    "explicit_in_config",
+    "pool_options",
+    "publish_share",
+]
 
 SHARE_ENV = "_GUNITUNE_POOL_SHARE"
 """Master -> workers: ``"<pool_size>+<max_overflow>"``. Not ``GUNITUNE_*``: no setting."""
+POOLER_ENV = "_GUNITUNE_POOLER"
+"""Master -> workers: ``"transaction"`` when DATABASE_URL leads to a transaction pooler."""
 SQLALCHEMY_DEFAULT = (5, 10)
 """``create_engine``'s QueuePool when given no size: taken as "not set"."""
 _SIZE_OPTIONS = ("pool_size", "max_overflow")

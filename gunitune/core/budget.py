@@ -33,6 +33,7 @@ class ServerBudget:
     in_use_by_others: int
     server_version: str = ""
     own_connections: int = 0
+    pooler: str = "none"  # gunitune.pooler: "none", "proxy", "transaction" or "unknown"
 
     @property
     def available(self) -> int:

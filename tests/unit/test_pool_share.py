@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,42 @@ def test_the_check_counts_every_host_and_suggests_auto() -> None:
     assert complaint.endswith("or GUNITUNE_POOL=auto (4 + 8 per worker)")
     single = configure.derive({"GUNITUNE_WORKERS": "3"}, CpuCount(2, "t"))
     assert configure.check_database_budget(single, "postgresql://x@h/d", fits_one_host) is None
+
+
+def test_a_transaction_pooler_is_announced_and_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    budget = ServerBudget(40, 3, 0, 0, "", 0, pooler="transaction")
+    monkeypatch.setattr(configure, "read_budget", lambda url: budget)
+    monkeypatch.setattr(configure, "read_somaxconn", lambda: 4096)
+    monkeypatch.delenv(pool_share.POOLER_ENV, raising=False)
+    env = {"GUNITUNE_POOL": "auto", "GUNITUNE_WORKERS": "2", "GUNITUNE_HOSTS": "2"}
+    derived = configure.derive(env, CpuCount(2, "t"))
+    with capture_logs() as logs:
+        configure.start(derived, {"DATABASE_URL": "postgresql://app@127.0.0.1:6432/app"})
+    (found,) = [e for e in logs if e["event"] == "pooler_detected"]
+    assert "max_db_connections = 32" in found["pgbouncer"]
+    assert "pool_mode = transaction" in found["pgbouncer"]
+    assert pool_share.pool_options() == {"pool_size": 3, "max_overflow": 4}
+    assert os.environ[pool_share.POOLER_ENV] == "transaction"
+    monkeypatch.delenv(pool_share.POOLER_ENV)
+    monkeypatch.delenv(pool_share.SHARE_ENV)
+
+
+def test_connections_are_tagged_unless_the_app_named_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gunitune import _db_timeouts
+
+    class Dialect:
+        driver = "psycopg"
+
+    cparams: dict[str, Any] = {}
+    monkeypatch.setenv(pool_share.POOLER_ENV, "transaction")
+    _db_timeouts._set_defaults(Dialect(), None, [], cparams)
+    assert cparams["application_name"].startswith("gunitune/")
+    assert cparams["application_name"].endswith(f"/{os.getpid()}")
+    assert "prepare_threshold" in cparams and cparams["prepare_threshold"] is None
+    mine: dict[str, Any] = {"application_name": "billing"}
+    Dialect.driver = "psycopg2"
+    _db_timeouts._set_defaults(Dialect(), None, [], mine)
+    assert mine["application_name"] == "billing" and "prepare_threshold" not in mine
+    assert len(_db_timeouts.application_name(pid=4194304).encode()) <= 63
