@@ -8,6 +8,7 @@ backends seen at once, ``peak_tagged`` the most tagged ``gunitune/...``.
 from __future__ import annotations
 
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +31,7 @@ class ConnectionWatch:
         self.peak_tagged = 0
         self.samples = 0
         self.names: set[str] = set()
+        self.series: list[tuple[float, int]] = []  # (time.monotonic(), client backends)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pg-watch", daemon=True)
         self._conn: Any = None
@@ -39,6 +41,7 @@ class ConnectionWatch:
         while not self._stop.is_set():
             cur.execute(_SQL)
             total, tagged, names = cur.fetchone()
+            self.series.append((time.monotonic(), int(total)))
             self.peak = max(self.peak, int(total))
             self.peak_tagged = max(self.peak_tagged, int(tagged))
             self.names.update(names or ())

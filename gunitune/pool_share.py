@@ -18,11 +18,13 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
+from gunitune.core.resolve import settings_from
 from gunitune.database_url import masked
 
 __all__ = [
     "POOLER_ENV",
     "SHARE_ENV",
+    "apply_in_worker",
     "apply_share",
     "explicit_in_config",
     "pool_options",
@@ -132,3 +134,19 @@ def apply_share(
                 f" -> {pool_size} + {max_overflow}"
         report.append(entry)
     return report
+
+
+def apply_in_worker(
+    engines: Iterable[Engine], app_config: Mapping[str, Any], environ: Mapping[str, str],
+    *, pid: int,
+) -> None:
+    """A worker with its app loaded: apply the master's share when the pool mode is auto
+    (``app.config`` over the environment); log ``pool_share_applied``."""
+    share = pool_options(environ)
+    if not share:
+        return  # app mode in the master, or it could not read the budget
+    if settings_from(environ, app_config).pool != "auto":
+        return
+    explicit = explicit_in_config(app_config)
+    report = apply_share(engines, share, explicit=explicit, pid=pid)
+    log.info("pool_share_applied", pid=pid, **share, engines=report)

@@ -40,7 +40,7 @@ from gunitune import engines as engine_facts
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import EagerServer, GatedPool, HeldGate
 from gunitune.core.errors import ConfigError, GunituneError
-from gunitune.core.resolve import GunicornFacts, resolve, settings_from
+from gunitune.core.resolve import GunicornFacts, resolve
 from gunitune.limiter import Limiter
 from gunitune.postgres import safe_error_text
 
@@ -175,20 +175,12 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         self._check_drivers(engines, resolved.settings.green_check)
 
     def _share_pools(self, engines: list[Any], app_config: Any) -> None:
-        """``GUNITUNE_POOL=auto``: default-sized pools take the master's share, before
-        the limiter reads their capacity (so the lanes follow)."""
-        share = pool_share.pool_options()
-        if not share:
-            return  # app mode, or the master could not read the budget
+        """``GUNITUNE_POOL=auto``: default pools take the master's share before the
+        limiter reads their capacity (so the lanes follow)."""
         try:
-            mode = settings_from(os.environ, app_config).pool
+            pool_share.apply_in_worker(engines, app_config, os.environ, pid=self.pid)
         except ConfigError as exc:
             raise GunituneError(str(exc)) from None
-        if mode != "auto":
-            return
-        explicit = pool_share.explicit_in_config(app_config)
-        report = pool_share.apply_share(engines, share, explicit=explicit, pid=self.pid)
-        log.info("pool_share_applied", pid=self.pid, **share, engines=report)
 
     def _check_drivers(self, engines: list[Any], mode: str) -> None:
         if mode == "off":
