@@ -67,10 +67,11 @@ def test_default_pools_take_the_share_and_stay_within_it(
         results = run_storm("127.0.0.1", server.port, "/io", 600, expected_body=IO_BODY)
     bad = [r for r in results if r.status != 200 or not r.body_ok]
     assert not bad, f"{len(bad)} bad responses, first: {bad[0]}"
-    assert watch.samples > 5
-    # The whole share is used, and never more than max_connections - reserved.
-    assert 60 <= watch.peak_tagged <= 81, watch.peak_tagged
-    assert watch.peak <= 97
+    assert watch.samples > 5, watch.samples
+    # More than SQLAlchemy's default pools could open (3 x 15 = 45), never more than
+    # the share (81), nor than max_connections - reserved.
+    assert 45 < watch.peak_tagged <= 81, (watch.peak_tagged, watch.peak)
+    assert watch.peak <= 97, watch.peak
     workers = set(server.worker_pids())
     tagged_pids = {int(name.rsplit("/", 1)[1]) for name in watch.names}
     assert workers <= tagged_pids, (workers, watch.names)
