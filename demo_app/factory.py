@@ -60,6 +60,9 @@ class DemoConfig:
     pool_size: int = 5
     max_overflow: int = 10
     pool_timeout: float = 30.0
+    # DEMO_POOL_SIZE / DEMO_MAX_OVERFLOW given: the pool is the app's choice, which
+    # GUNITUNE_POOL=auto keeps; unset, the engine has SQLAlchemy's default (5 + 10).
+    pool_explicit: bool = True
     gunitune: bool = True
     green: bool = True
 
@@ -85,6 +88,9 @@ class DemoConfig:
             if max_overflow_raw == "-1"
             else int(_number(environ, "DEMO_MAX_OVERFLOW", 10, integer=True)),
             pool_timeout=_number(environ, "DEMO_POOL_TIMEOUT", 30.0, integer=False),
+            pool_explicit=any(
+                environ.get(k, "").strip() for k in ("DEMO_POOL_SIZE", "DEMO_MAX_OVERFLOW")
+            ),
             gunitune=flag,
             green=_on_off(environ, "DEMO_GREEN"),
         )
@@ -99,11 +105,10 @@ def create_app(config: DemoConfig) -> Flask:
         make_psycopg2_green()
     app = Flask("demo_app")
     app.config["SQLALCHEMY_DATABASE_URI"] = config.database_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-        "pool_size": config.pool_size,
-        "max_overflow": config.max_overflow,
-        "pool_timeout": config.pool_timeout,
-    }
+    options: dict[str, float] = {"pool_timeout": config.pool_timeout}
+    if config.pool_explicit:
+        options |= {"pool_size": config.pool_size, "max_overflow": config.max_overflow}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db = SQLAlchemy(app)
     app.extensions["demo_config"] = config
 

@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "GuniTune", "GunituneError", "Overloaded", "Settings", "__version__"]
+__all__ = [
+    "ConfigError",
+    "GuniTune",
+    "GunituneError",
+    "Overloaded",
+    "Settings",
+    "__version__",
+    "pool_options",
+]
 
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.settings import Settings
@@ -20,6 +28,7 @@ from gunitune.core.settings import Settings
 if TYPE_CHECKING:
     from gunitune.flask_ext import GuniTune
     from gunitune.http import Overloaded
+    from gunitune.pool_share import pool_options
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from gunitune.flask_ext import GuniTune
 
         return GuniTune
+    if name == "pool_options":
+        from gunitune.pool_share import pool_options
+
+        return pool_options
     if name == "Overloaded":
         from gunitune.http import Overloaded
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
+from gunitune.cli_fleet import add_fleet_arguments, fleet_section
 from gunitune.core.cpus import read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.planner import HEADROOM_RANGE, MINIMUMS, Plan, make_plan, require_int
@@ -93,6 +94,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
         # the same one-line message naming the flag, the value and the range.
         parser.add_argument(flag, metavar="N", help=text)
     parser.add_argument("--headroom", metavar="F", help="extra connection fraction (default 0.2)")
+    add_fleet_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -182,10 +184,12 @@ def _run_plan(args: argparse.Namespace) -> int:
         plan = make_plan(cpu_source=source, **ints)
     else:
         plan = make_plan(cpu_source=source, headroom=headroom, **ints)
+    fleet = fleet_section(plan, args, ints.get("reserved_connections", 3))
     if args.json:
-        print(json.dumps(plan.as_dict(), indent=2, sort_keys=True))
+        data = plan.as_dict() | (fleet[1] if fleet else {})
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        print(render_plan(plan), end="")
+        print(render_plan(plan) + (f"\n{fleet[0]}" if fleet else ""), end="")
     return 0
 
 

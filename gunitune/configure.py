@@ -8,7 +8,6 @@ names Gunicorn reads.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -18,14 +17,15 @@ from typing import Any, NoReturn
 import structlog
 
 from gunitune import database_url
-from gunitune._isolated import run_in_child
-from gunitune.core.budget import ServerBudget, check_budget
+from gunitune import fleet_start as fleet
+from gunitune.core.budget import ServerBudget
 from gunitune.core.cpus import CpuCount, read_somaxconn, usable_cpus
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.planner import Plan, make_plan
 from gunitune.core.settings import MAX_WORKERS, Settings
 from gunitune.core.urls import UnsupportedDatabaseURL
 from gunitune.database_url import masked, with_driver
+from gunitune.fleet_start import check_database_budget, read_budget
 from gunitune.postgres import DatabaseUnreachable
 
 __all__ = [
@@ -35,16 +35,14 @@ __all__ = [
     "derive",
     "exit_with",
     "load",
+    "read_budget",
     "start",
     "with_workers",
 ]
 
 WORKER_CLASS = "gunitune.worker.GuniTuneWorker"
-_CONNECT_TIMEOUT = 5.0
 # Unreachable for reasons waiting will not fix: stop with one line at start.
 _MISCONFIGURED = frozenset({"auth", "no_database", "invalid"})
-# Connect, one query, and a fork: generous, but a hung database must not hang the start.
-_BUDGET_READ_TIMEOUT = 3 * _CONNECT_TIMEOUT
 log = structlog.get_logger("gunitune")
 
 
@@ -125,34 +123,6 @@ def exit_with(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def _read_budget(url: str) -> ServerBudget:
-    from gunitune.postgres import read_server_budget  # imports a driver: in the child only
-
-    return read_server_budget(url, connect_timeout=_CONNECT_TIMEOUT)
-
-
-def check_database_budget(derived: Derived, url: str) -> str | None:
-    """Compare the plan with the server's connection budget.
-
-    Returns ``None`` when it fits, else the one-line complaint. An unreachable
-    database raises :class:`gunitune.core.errors.GunituneError` (one line).
-    """
-    plan = derived.plan
-    # In a child: a driver imported by the master spoils psycopg 3 in every worker.
-    server = run_in_child(
-        functools.partial(_read_budget, url),
-        timeout=_BUDGET_READ_TIMEOUT,
-        what="reading the PostgreSQL connection budget",
-    )
-    verdict = check_budget(
-        plan.total_db_connections,
-        server,
-        workers=plan.workers,
-        per_worker=plan.connections_per_worker,
-    )
-    return None if verdict.ok else verdict.message
-
-
 def start(derived: Derived, environ: Mapping[str, str]) -> None:
     """Gunicorn's ``on_starting``: explain the derived values, then check the database."""
     plan = derived.plan
@@ -181,23 +151,35 @@ def start(derived: Derived, environ: Mapping[str, str]) -> None:
         if "clips backlog" in line:
             log.warning("backlog_clipped", advice=line)
     mode = derived.settings.budget_check
-    if not url or mode == "off":
+    auto = derived.settings.pool == "auto"
+    if not url or (mode == "off" and not auto):
         return
+    complaint: str | None = None
     try:
-        complaint = check_database_budget(derived, url)
+        server: ServerBudget | None = read_budget(url)
     except DatabaseUnreachable as exc:
         if exc.kind not in _MISCONFIGURED:
             # Start anyway: health checks and routes without a database serve,
             # and database routes answer 503 + Retry-After until it is back: a
             # host must be able to start during an outage. A measured shortfall
-            # or a wrong URL still stops it.
+            # or a wrong URL still stops it. GUNITUNE_POOL=auto: no budget to
+            # share, so the workers keep the app's pools.
             log.warning("postgres_budget_unchecked", problem=str(exc), kind=exc.kind)
             return
-        complaint = str(exc)
+        server, complaint = None, str(exc)
     except GunituneError as exc:
-        complaint = str(exc)
+        server, complaint = None, str(exc)
+    if server is not None:
+        share = fleet.share_or_none(derived, server)
+        fleet.announce_pooler(derived, server, share)
+        # With auto the share fits the budget by construction: it replaces the check.
+        complaint = fleet.pool_auto(derived, server, share) if auto else (
+            check_database_budget(derived, url, server)
+        )
+        if auto and complaint is None:
+            return
     if complaint is None:
-        log.info("postgres_budget_ok", needed=plan.total_db_connections)
+        log.info("postgres_budget_ok", needed=plan.total_db_connections * derived.settings.hosts)
     elif mode == "error":
         exit_with(complaint)
     else:

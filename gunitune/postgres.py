@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import URL
 
+from gunitune._db_timeouts import application_name
 from gunitune.core.budget import ServerBudget
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.core.urls import UnsupportedDatabaseURL, mask_urls_in
@@ -36,8 +37,10 @@ SELECT current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
        current_setting('reserved_connections', true),
        current_setting('server_version'),
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())
+       count(*) FILTER (WHERE application_name NOT LIKE 'gunitune/%'),
+       count(*) FILTER (WHERE application_name LIKE 'gunitune/%')
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 """
 
 # libpq prefixes each attempt with where it went; the URL already says that.
@@ -216,6 +219,8 @@ def connect(url: str, *, connect_timeout: float = 5.0) -> Any:
     kwargs, driver = _libpq_target(url)
     # libpq takes whole seconds (and treats values below 2 as 2).
     kwargs.setdefault("connect_timeout", max(1, math.ceil(connect_timeout)))
+    # Tagged like the pools' connections: boot checks count as the fleet's own.
+    kwargs.setdefault("application_name", application_name())
     if driver == "psycopg":
         import psycopg
 
@@ -256,12 +261,13 @@ def read_server_budget(url: str, *, connect_timeout: float = 5.0) -> ServerBudge
     finally:
         with contextlib.suppress(Exception):  # closing is best effort
             conn.close()
-    max_conn, su_reserved, reserved, version, others = row
+    max_conn, su_reserved, reserved, version, others, own = row
     return ServerBudget(
         max_connections=int(max_conn),
         superuser_reserved_connections=int(su_reserved),
         reserved_connections=int(reserved) if reserved is not None else 0,
         in_use_by_others=int(others),
+        own_connections=int(own),
         # "15.4 (Debian 15.4-1.pgdg120+1)" -> "15.4"
         server_version=str(version).split()[0] if version else "",
     )

@@ -35,7 +35,7 @@ import structlog
 from gevent import getcurrent
 from gunicorn.workers import base, ggevent
 
-from gunitune import configure, green
+from gunitune import configure, green, pool_share
 from gunitune import engines as engine_facts
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import EagerServer, GatedPool, HeldGate
@@ -151,6 +151,8 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
             check_stats_path(cycle.app)
         engines = cycle.engines if cycle is not None else engine_facts.find_engines()
         primary = cycle.primary if cycle is not None else None
+        app_config = cycle.app.config if cycle is not None else {}
+        self._share_pools(engines, app_config)
         facts = GunicornFacts(
             timeout=float(self.cfg.timeout),
             graceful_timeout=float(self.cfg.graceful_timeout),
@@ -159,7 +161,7 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
         try:
             resolved = resolve(
                 os.environ,
-                cycle.app.config if cycle is not None else {},
+                app_config,
                 facts,
                 engine_facts.pool_facts(engines, primary),
             )
@@ -180,6 +182,14 @@ class GuniTuneWorker(ggevent.GeventWorker):  # type: ignore[misc]  # gunicorn is
             extension="on" if cycle is not None else "off (no GuniTune on the app)",
         )
         self._check_drivers(engines, resolved.settings.green_check)
+
+    def _share_pools(self, engines: list[Any], app_config: Any) -> None:
+        """``GUNITUNE_POOL=auto``: default pools take the master's share before the
+        limiter reads their capacity (so the lanes follow)."""
+        try:
+            pool_share.apply_in_worker(engines, app_config, os.environ, pid=self.pid)
+        except ConfigError as exc:
+            raise GunituneError(str(exc)) from None
 
     def _check_drivers(self, engines: list[Any], mode: str) -> None:
         if mode == "off":

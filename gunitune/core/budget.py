@@ -22,7 +22,9 @@ class ServerBudget:
 
     ``reserved_connections`` is PostgreSQL 16's setting of that name (0 on
     older servers); ``in_use_by_others`` counts connections currently held by
-    clients other than this app (other services, psql sessions, replication).
+    clients other than this app (other services, psql sessions, replication);
+    ``own_connections`` those tagged ``application_name = gunitune/...``: this
+    fleet's, other hosts' included, which are part of its share.
     """
 
     max_connections: int
@@ -30,6 +32,8 @@ class ServerBudget:
     reserved_connections: int
     in_use_by_others: int
     server_version: str = ""
+    own_connections: int = 0
+    pooler: str = "none"  # gunitune.pooler: "none", "proxy", "transaction" or "unknown"
 
     @property
     def available(self) -> int:
@@ -49,7 +53,7 @@ class BudgetVerdict:
 
 
 def check_budget(
-    needed: int, server: ServerBudget, *, workers: int, per_worker: int
+    needed: int, server: ServerBudget, *, workers: int, per_worker: int, hosts: int = 1
 ) -> BudgetVerdict:
     """Compare the connections the app may open with the server's free slots.
 
@@ -59,6 +63,7 @@ def check_budget(
         server: numbers read from the server.
         workers: Gunicorn worker count (only for the message).
         per_worker: ``pool_size + max_overflow`` (only for the message).
+        hosts: hosts sharing the server, each with ``workers`` (only for the message).
 
     Raises:
         ConfigError: a negative count, or zero workers / per-worker connections.
@@ -71,13 +76,15 @@ def check_budget(
     require_int("reserved_connections", server.reserved_connections, 0)
     require_int("in_use_by_others", server.in_use_by_others, 0)
 
+    require_int("hosts", hosts, 1)
     available = server.available
-    product = workers * per_worker
-    demand = f"{workers} workers x {per_worker} connections = {product} needed"
+    product = hosts * workers * per_worker
+    fleet = f"{hosts} hosts x " if hosts > 1 else ""
+    demand = f"{fleet}{workers} workers x {per_worker} connections = {product} needed"
     if needed > product:
         demand += f" plus {needed - product} more = {needed}"
     elif needed < product:
-        demand = f"{needed} needed ({workers} workers x {per_worker} connections at most)"
+        demand = f"{needed} needed ({fleet}{workers} workers x {per_worker} connections at most)"
     supply = (
         f"max_connections={server.max_connections} leaves {available}"
         f" ({server.superuser_reserved_connections} superuser-reserved,"

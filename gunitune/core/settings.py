@@ -117,6 +117,19 @@ class Settings:
         int_range(-1, MAX_BACKENDS), 10,
         "SQLAlchemy max_overflow to plan with (-1: unlimited); at most 262143, as pool_size.",
     )
+    pool = Setting(
+        choice("auto", "app"), "app",
+        "app: keep the pools the app's engines have. auto: each worker's pool_size + "
+        "max_overflow is its share of the Postgres budget the master reads at start, "
+        "(max_connections - reserved - other clients - headroom) / (hosts x workers); "
+        "a pool the app set explicitly is kept (and logged).",
+    )
+    hosts = Setting(
+        int_range(1, MAX_BACKENDS), 1,
+        "Hosts (Gunicorn masters) sharing one database with the same settings; their "
+        "workers split its connection budget. At most 262143 (MAX_BACKENDS): each host "
+        "needs one connection.",
+    )
     pool_timeout = Setting(
         number_range(0, HOUR, include_low=False), 30.0,
         "SQLAlchemy pool_timeout to plan with, in seconds; at most an hour, as queue_timeout.",

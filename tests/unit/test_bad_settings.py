@@ -61,6 +61,11 @@ ROWS = [
     Bad("GUNITUNE_WORKERS", "257", WORKERS),  # one more than the load board's seats
     Bad("GUNITUNE_WORKERS", True, WORKERS, env=False),
     Bad("WEB_CONCURRENCY", "100000", "an integer from 1 to 256", app=False),
+    Bad("GUNITUNE_POOL", "yes", "one of auto, app"),
+    Bad("GUNITUNE_POOL", 1, "one of auto, app", env=False),
+    Bad("GUNITUNE_HOSTS", "0", "an integer from 1 to 262143"),
+    Bad("GUNITUNE_HOSTS", "262144", "an integer from 1 to 262143"),  # one connection each
+    Bad("GUNITUNE_HOSTS", 2.0, "an integer from 1 to 262143", env=False),
     Bad("GUNITUNE_POOL_SIZE", "-1", POOL),
     Bad("GUNITUNE_POOL_SIZE", "262144", POOL),  # past PostgreSQL's MAX_BACKENDS
     Bad("GUNITUNE_POOL_SIZE", [5], POOL, env=False),

@@ -227,3 +227,52 @@ def test_commands_registry_allows_new_subcommands(
     commands["bench"] = cli.Command("run a benchmark", lambda parser: None, lambda args: 7)
     monkeypatch.setattr(cli, "COMMANDS", commands)
     assert run(capsys, "bench")[0] == 7
+
+
+# --- plan --hosts: the fleet ----------------------------------------------------
+
+
+def test_plan_hosts_on_a_fixed_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--cpus", "32", "--somaxconn", "4096", "--hosts", "3",
+            "--max-connections", "1000", "--pgbouncer"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "per worker: 8 connections (pool_size 3 + max_overflow 5)" in out
+    assert "per host:   264 connections (33 workers)" in out
+    assert "GUNITUNE_HOSTS=3 GUNITUNE_POOL=auto" in out
+    assert "max_db_connections = 858" in out and "pool_mode = transaction" in out
+    assert "prepare_threshold=None" in out
+
+
+def test_plan_hosts_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--cpus", "32", "--hosts", "10", "--max-connections", "1000", "--json"]
+    assert cli.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fleet"]["per_worker"] == 2 and data["fleet"]["fleet_total"] == 660
+    assert data["workers"] == 33 and "pgbouncer" not in data
+
+
+def test_plan_hosts_without_a_budget_recommends_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", "--cpus", "32", "--hosts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Fleet: 3 hosts x 33 workers x 15 connections = 1485" in out
+    assert "max_connections >= 1800" in out  # 1485 x 1.2 + 3 = 1785
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--hosts", "0"], "--hosts=0 is invalid: expected an integer >= 1"),
+        (["--hosts", "x"], "--hosts=x is invalid: expected an integer >= 1"),
+        (["--hosts", "262144"], "--hosts=262144 is invalid: expected an integer from 1"),
+        (["--max-connections", "0"], "--max-connections=0 is invalid"),
+        (["--other-clients", "-1"], "--other-clients=-1 is invalid"),
+        (["--hosts", "10", "--max-connections", "100"], "too small for GUNITUNE_POOL=auto"),
+    ],
+)
+def test_plan_hosts_bad_input_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["plan", "--cpus", "32", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -13,6 +13,8 @@ DEFAULTS: dict[str, Any] = {
     "workers": None,
     "pool_size": 5,
     "max_overflow": 10,
+    "pool": "app",
+    "hosts": 1,
     "pool_timeout": 30.0,
     "burst": 3000,
     "timeout": 30,
