@@ -32,7 +32,7 @@ from benchmarks.budget_report import figures, write_png, write_report
 from benchmarks.loadclient import RequestResult, run_storm
 from benchmarks.pg_watch import ConnectionWatch
 from benchmarks.pgbouncer import start_pgbouncer
-from benchmarks.postgres import PostgresCluster, start_cluster, test_driver
+from benchmarks.postgres import PostgresCluster, app_driver, start_cluster
 from benchmarks.server import GunicornProcess, control_socket_disable_args, stock_args
 from gunitune.core.budget import ServerBudget
 from gunitune.core.cpus import usable_cpus
@@ -45,7 +45,7 @@ SCENARIOS = ("budget", "fleet")
 
 
 def _app_url(url: str) -> str:
-    return url.replace("postgresql://", f"postgresql+{test_driver()}://", 1)
+    return url.replace("postgresql://", f"postgresql+{app_driver()}://", 1)
 
 
 def _env(url: str, io_seconds: float, **extra: str) -> dict[str, str]:
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         rows += budget(args, out) if name == "budget" else fleet(args, out)
     meta = {"argv": list(argv) if argv is not None else None, "cpus": usable_cpus().count,
-            "driver": test_driver(), "when": stamp}  # fmt: skip
+            "driver": app_driver(), "when": stamp}  # fmt: skip
     (out / "result.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     write_report(out / "report.md", rows, meta)
     write_png(out / "budget.png", rows)

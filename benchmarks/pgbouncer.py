@@ -23,7 +23,7 @@ from types import TracebackType
 
 import psycopg2
 
-from benchmarks.postgres import PostgresCluster, _run_as, test_driver
+from benchmarks.postgres import PostgresCluster, _run_as, app_driver
 from benchmarks.server import free_port
 
 __all__ = ["PgBouncer", "find_pgbouncer", "start_pgbouncer"]
@@ -59,7 +59,7 @@ class PgBouncer:
     @property
     def app_url(self) -> str:
         """:attr:`url` naming the driver of ``PG_DRIVER``, for the apps under test."""
-        return self.url.replace("postgresql://", f"postgresql+{test_driver()}://", 1)
+        return self.url.replace("postgresql://", f"postgresql+{app_driver()}://", 1)
 
     @property
     def logfile(self) -> Path:
