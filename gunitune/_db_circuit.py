@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from gunitune._db_stall import StallWatch
 from gunitune.core.circuit import Circuit
+from gunitune.database_url import masked
 from gunitune.postgres import unreachable_error
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class DbCircuits:
             limiter.hold_db(True)
         log.warning(
             "db_circuit_open",
-            engine=engine.url.render_as_string(hide_password=True),
+            engine=masked(engine.url),
             reason=reason,
             pid=os.getpid(),
         )
@@ -149,7 +150,7 @@ class DbCircuits:
                     limiter.hold_db(False)
                 log.info(
                     "db_circuit_closed",
-                    engine=engine.url.render_as_string(hide_password=True),
+                    engine=masked(engine.url),
                     outage_seconds=round(outage or 0.0, 3),
                     failed_probes=circuit.failed_probes,
                     pid=os.getpid(),
