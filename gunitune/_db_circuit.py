@@ -12,7 +12,6 @@ the first requests after a restart do not meet dead sockets.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -21,10 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 
-from gunitune._db_stall import StallWatch
+from gunitune._db_stall import ANSWERED, StallWatch, fresh_select_one
+from gunitune._isolated import after_fork_in_child
 from gunitune.core.circuit import Circuit
 from gunitune.database_url import masked
 from gunitune.postgres import unreachable_error
@@ -40,8 +40,8 @@ log = structlog.get_logger("gunitune")
 _OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03"})
 # A connect that failed for these reasons is an outage; auth, a missing
 # database or a bad URL are configuration errors that waiting will not fix.
-_OUTAGE_CONNECT_KINDS = frozenset({"refused", "timeout", "starting", "dns", "other"})
-_PROBE_TIMEOUT = 5.0  # seconds one probe may take, connect included
+_OUTAGE_CONNECT_KINDS = frozenset({"refused", "timeout", "starting", "dns"})
+_LOG_PROBE_FAILURES_EVERY = 10
 
 
 def outage_error(context: Any) -> bool:
@@ -84,6 +84,13 @@ class DbCircuits:
             replace = functools.partial(self._replace_stale, id(engine))
             event.listen(engine, "checkout", replace, insert=True)
         self._stalls = StallWatch(engines, self.stalled, clock)
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # An outage met in a master (preload_app) forks no probe thread: the
+        # workers start closed and find the outage themselves.
+        self._circuits = {key: (engine, Circuit()) for key, (engine, _) in self._circuits.items()}
+        self._outage_started.clear()
 
     @property
     def any_open(self) -> bool:
@@ -101,26 +108,32 @@ class DbCircuits:
         if not outage_error(context):
             return False
         engine = context.engine
+        while getattr(engine, "_proxied", None) is not None:
+            engine = engine._proxied  # engine.execution_options(...) wraps the engine
         entry = self._circuits.get(id(engine)) if engine is not None else None
         if entry is None:
             return True
         _, circuit = entry
-        self._open(engine, circuit, type(context.original_exception).__name__)
+        # Connections met their end only if one was in use; a failed connect
+        # (refused, timed out) says nothing of the pooled ones.
+        lost = context.connection is not None or context.is_disconnect
+        self._open(engine, circuit, type(context.original_exception).__name__, stale=lost)
         return True
 
     def stalled(self, engine: Engine) -> None:
         """Nothing came back from ``engine``'s database and a fresh connection failed too."""
         _, circuit = self._circuits[id(engine)]
-        self._open(engine, circuit, "no answer from the database (packets dropped?)")
+        self._open(engine, circuit, "no answer from the database (packets dropped?)", stale=True)
 
-    def _open(self, engine: Engine, circuit: Circuit, reason: str) -> None:
-        with self._lock:  # threaded servers: one opening, one probe thread
+    def _open(self, engine: Engine, circuit: Circuit, reason: str, *, stale: bool) -> None:
+        if stale:
+            self._outage_started[id(engine)] = time.time()
+        with self._lock:  # threaded servers: one opening, one probe thread, one hold
             if not circuit.failure(self._clock()):
                 return  # open already
-        self._outage_started[id(engine)] = time.time()
-        limiter = self._limiter()
-        if limiter is not None:
-            limiter.hold_db(True)
+            limiter = self._limiter()
+            if limiter is not None:
+                limiter.hold_db(True)
         log.warning(
             "db_circuit_open",
             engine=masked(engine.url),
@@ -143,11 +156,13 @@ class DbCircuits:
             self._refuse_overdue()
             if not circuit.start_probe(self._clock()):
                 continue
-            if self._probe(engine):
-                outage = circuit.success(self._clock())
-                limiter = self._limiter()
-                if limiter is not None and not self.any_open:
-                    limiter.hold_db(False)
+            answer = fresh_select_one(engine)
+            if answer == ANSWERED:
+                with self._lock:
+                    outage = circuit.success(self._clock())
+                    limiter = self._limiter()
+                    if limiter is not None and not self.any_open:
+                        limiter.hold_db(False)
                 log.info(
                     "db_circuit_closed",
                     engine=masked(engine.url),
@@ -156,20 +171,16 @@ class DbCircuits:
                     pid=os.getpid(),
                 )
             else:
-                circuit.failure(self._clock())
-
-    def _probe(self, engine: Engine) -> bool:
-        from gevent import Timeout, monkey
-
-        # Under gevent a probe that hangs (packets dropped) is cut here; with
-        # threads the connect timeout gunitune gives every connection bounds it.
-        deadline = Timeout(_PROBE_TIMEOUT) if monkey.is_module_patched("threading") else None
-        try:
-            with deadline or contextlib.nullcontext(), engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except (Exception, Timeout):
-            return False
-        return True
+                with self._lock:
+                    circuit.failure(self._clock())
+                if circuit.failed_probes % _LOG_PROBE_FAILURES_EVERY == 1:
+                    log.warning(
+                        "db_circuit_probe_failed",
+                        engine=masked(engine.url),
+                        answer=answer,
+                        failed_probes=circuit.failed_probes,
+                        pid=os.getpid(),
+                    )
 
     def _refuse_overdue(self) -> None:
         limiter = self._limiter()

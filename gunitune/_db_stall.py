@@ -24,16 +24,23 @@ import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from gunitune._db_timeouts import CONNECT_DEFAULTS
+from gunitune._isolated import after_fork_in_child
 from gunitune.postgres import unreachable_error
 
-__all__ = ["STALL_SECONDS", "StallWatch"]
+__all__ = [
+    "ANSWERED", "LOGGED_IN", "REFUSED", "SILENT", "STALL_SECONDS", "StallWatch", "fresh_select_one",
+]
 
 log = structlog.get_logger("gunitune")
-STALL_SECONDS = 3.0  # connections out and none back for this long: ask the database
-_PROBE_CONNECT_TIMEOUT = 2  # libpq's smallest
+STALL_SECONDS = 2.5  # connections out and none back for this long: ask the database
+# A login that takes longer counts as no answer. Stall + login stay within a
+# 5 s queue timeout; a database so loaded that logins take 2.5 s is the known
+# cost (its waiting queries would be ended). Under threads, no deadline of ours:
+# the connect timeout gunitune gives each connection (5 s) bounds the login.
+_PROBE_LOGIN_SECONDS = 2.5
+_PROBE_QUERY_SECONDS = 2.0
 _TICK_SECONDS = 1.0
-_SILENT = frozenset({"timeout", "refused", "dns"})  # how a connect fails when nobody answers
+_SILENT = frozenset({"timeout", "dns"})  # how a connect fails when nobody answers
 
 
 class StallWatch:
@@ -47,28 +54,37 @@ class StallWatch:
     ) -> None:
         self._on_stall = on_stall
         self._clock = clock
+        # Keyed by pool record: SQLAlchemy's checkin of a broken connection
+        # passes None for the DBAPI connection, never the record.
         self._out: dict[int, dict[int, Any]] = {id(e): {} for e in engines}
         self._progress: dict[int, float] = {id(e): clock() for e in engines}
         self._engines = {id(e): e for e in engines}
         self._thread: threading.Thread | None = None
         for engine in engines:
             key = id(engine)
-            event.listen(engine, "checkout", lambda c, r, p, key=key: self._checkout(key, c))
-            event.listen(engine, "checkin", lambda c, r, key=key: self._checkin(key, c))
+            event.listen(engine, "checkout", lambda c, r, p, key=key: self._checkout(key, c, r))
+            event.listen(engine, "checkin", lambda c, r, key=key: self._checkin(key, r))
+        after_fork_in_child(self._after_fork)
 
-    def _checkout(self, key: int, dbapi_connection: Any) -> None:
+    def _after_fork(self) -> None:
+        # A master that ran queries (preload_app) forks no thread: start anew.
+        self._thread = None
+        for key, out in self._out.items():
+            out.clear()
+            self._progress[key] = self._clock()
+
+    def _checkout(self, key: int, dbapi_connection: Any, record: Any) -> None:
         out = self._out[key]
         if not out:
             self._progress[key] = self._clock()  # the wait starts now, not at the last checkin
-        out[id(dbapi_connection)] = dbapi_connection
+        out[id(record)] = dbapi_connection
         if self._thread is None:
-            # A thread, green under gevent's monkey-patching; started on first use,
-            # in the worker (not in a master that imports the app).
+            # A thread, green under gevent's monkey-patching; started on first use.
             self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
 
-    def _checkin(self, key: int, dbapi_connection: Any) -> None:
-        self._out[key].pop(id(dbapi_connection), None)
+    def _checkin(self, key: int, record: Any) -> None:
+        self._out[key].pop(id(record), None)
         self._progress[key] = self._clock()
 
     def _watch(self) -> None:
@@ -80,7 +96,7 @@ class StallWatch:
 
     def _check(self, key: int) -> None:
         engine = self._engines[key]
-        if _answers(engine):
+        if fresh_select_one(engine) != SILENT:
             self._progress[key] = self._clock()  # slow queries, a live database
             return
         waiting = list(self._out[key].values())
@@ -91,27 +107,44 @@ class StallWatch:
         self._progress[key] = self._clock()
 
 
-def _answers(engine: Engine) -> bool:
-    """Whether a fresh connection, outside the pool, runs ``SELECT 1`` within a few seconds."""
+ANSWERED, LOGGED_IN, SILENT, REFUSED = "answered", "logged in", "silent", "refused"
+
+
+def fresh_select_one(engine: Engine) -> str:
+    """``SELECT 1`` on a new connection outside the pool, made as the pool makes them.
+
+    :data:`ANSWERED`: it ran. :data:`LOGGED_IN`: the login worked (or the server
+    refused it in words: too many clients, auth) but the query did not finish in
+    time: a busy database or a pooler's queue, alive either way. :data:`SILENT`:
+    no answer to the connect or the login. :data:`REFUSED`: nothing listens.
+    """
     from gevent import Timeout, monkey
 
-    cargs, cparams = engine.dialect.create_connect_args(engine.url)
-    cparams = {**CONNECT_DEFAULTS, **cparams, "connect_timeout": _PROBE_CONNECT_TIMEOUT}
     patched = monkey.is_module_patched("threading")
-    deadline = Timeout(2 * _PROBE_CONNECT_TIMEOUT + 1) if patched else contextlib.nullcontext()
+
+    def deadline(seconds: float) -> Any:
+        return Timeout(seconds) if patched else contextlib.nullcontext()
+
     conn = None
     try:
-        with deadline:
-            conn = engine.dialect.connect(*cargs, **cparams)
-            cursor = conn.cursor()
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-        return True
-    except Timeout:
-        return False
-    except Exception as exc:
-        # A server that says "too many clients" or rejects a login is alive.
-        return unreachable_error("postgresql://", exc).kind not in _SILENT
+        try:
+            # The pool's own creator: the app's connect_args, do_connect
+            # listeners (tokens, gunitune's timeouts and tag) all apply.
+            with deadline(_PROBE_LOGIN_SECONDS):
+                conn = engine.pool._creator()  # type: ignore[call-arg]
+        except Timeout:
+            return SILENT
+        except Exception as exc:
+            kind = unreachable_error("postgresql://", exc).kind
+            return REFUSED if kind == "refused" else SILENT if kind in _SILENT else LOGGED_IN
+        try:
+            with deadline(_PROBE_QUERY_SECONDS):
+                cursor = conn.cursor()
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+        except (Exception, Timeout):
+            return LOGGED_IN
+        return ANSWERED
     finally:
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -14,14 +14,19 @@ import pickle
 import select
 import signal
 import time
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
 from gunitune.core.errors import GunituneError
 
-__all__ = ["run_in_child"]
+__all__ = ["ChildTimeout", "after_fork_in_child", "run_in_child"]
 
 T = TypeVar("T")
+
+
+class ChildTimeout(GunituneError):
+    """The child did not answer within its timeout (it was killed)."""
 
 
 def _child(fn: Callable[[], T], write_fd: int) -> None:
@@ -42,7 +47,7 @@ def _read_all(read_fd: int, pid: int, deadline: float, what: str) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([read_fd], [], [], left)[0]:
             os.kill(pid, signal.SIGKILL)
-            raise GunituneError(f"{what} did not finish within its timeout")
+            raise ChildTimeout(f"{what} did not finish within its timeout")
         chunk = os.read(read_fd, 65536)
         if not chunk:
             return b"".join(chunks)
@@ -80,3 +85,16 @@ def run_in_child(fn: Callable[[], T], *, timeout: float, what: str) -> T:
         raise value
     result: T = value
     return result
+
+
+def after_fork_in_child(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every child forked later (state that must not cross
+    a fork: threads, a circuit's outage), without keeping its object alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    os.register_at_fork(after_in_child=call)

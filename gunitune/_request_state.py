@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from flask import after_this_request
+from flask import after_this_request, has_request_context
 
 from gunitune._db_circuit import DbCircuits
 from gunitune._db_holds import Holds, capacity_error
@@ -116,9 +116,10 @@ class DbWatch:
             if outage:
                 state.outage = True
                 state.refused, state.shed_code = SHED, DB_UNAVAILABLE
-        if outage:
+        if outage and has_request_context():
             # In place of the driver's error: a 503 through the app's error
-            # handlers. Not retried: the statement may have run.
+            # handlers. Not retried: the statement may have run. (Outside the
+            # request, a teardown's rollback say, the driver's error goes on.)
             retry_after = self.circuits.retry_after()
             after_this_request(partial(keep_retry_after, retry_after))
             raise DatabaseUnavailable(retry_after, "the database is unavailable")

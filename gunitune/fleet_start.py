@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gunitune._isolated import run_in_child
+from gunitune._isolated import ChildTimeout, run_in_child
 from gunitune.core.budget import ServerBudget, check_budget
 from gunitune.core.errors import ConfigError
 from gunitune.core.fleet import FleetShare, fleet_share, pgbouncer_plan
+from gunitune.database_url import masked
 from gunitune.pool_share import POOLER_ENV, publish_share
+from gunitune.postgres import DatabaseUnreachable
 
 if TYPE_CHECKING:
     from gunitune.configure import Derived
@@ -35,8 +37,10 @@ __all__ = [
 ]
 
 _CONNECT_TIMEOUT = 5.0
-# Connect, a few queries, and a fork: generous, but a hung database must not hang the start.
-_BUDGET_READ_TIMEOUT = 3 * _CONNECT_TIMEOUT
+_DETECT_CONNECT_TIMEOUT = 2.0  # libpq's shortest: the detection is advice, it must not crowd out
+# The budget's connect and the detection's (up to three), a few queries and a
+# fork: generous, but a hung database must not hang the start.
+_BUDGET_READ_TIMEOUT = _CONNECT_TIMEOUT + 3 * _DETECT_CONNECT_TIMEOUT + 5.0
 log = structlog.get_logger("gunitune")
 
 
@@ -48,17 +52,27 @@ def _read_budget(url: str) -> ServerBudget:
     budget = read_server_budget(url, connect_timeout=_CONNECT_TIMEOUT)
     pooler = "unknown"
     with contextlib.suppress(Exception):  # the budget is what matters; the pooler is advice
-        pooler = detect_pooler(url, connect_timeout=_CONNECT_TIMEOUT)
+        pooler = detect_pooler(url, connect_timeout=_DETECT_CONNECT_TIMEOUT)
     return dataclasses.replace(budget, pooler=pooler)
 
 
 def read_budget(url: str) -> ServerBudget:
     """The server's budget and pooler, read in a forked child (raises DatabaseUnreachable)."""
-    return run_in_child(
-        functools.partial(_read_budget, url),
-        timeout=_BUDGET_READ_TIMEOUT,
-        what="reading the PostgreSQL connection budget",
-    )
+    try:
+        return run_in_child(
+            functools.partial(_read_budget, url),
+            timeout=_BUDGET_READ_TIMEOUT,
+            what="reading the PostgreSQL connection budget",
+        )
+    except ChildTimeout:
+        # A server that accepts but answers late is unreachable for the start:
+        # the master starts (with a warning) rather than exit.
+        raise DatabaseUnreachable(
+            masked(url),
+            f"no answer within {_BUDGET_READ_TIMEOUT:g}s",
+            "the server or the network is slow or dropping packets",
+            "timeout",
+        ) from None
 
 
 def share_or_none(derived: Derived, server: ServerBudget) -> FleetShare | None:

@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _CANCEL_WAIT = 1.0  # seconds an interrupted query's cancel may delay the exception
+_CANCEL_THREADS = 2
+_cancel_pool: Any = None
 # Overlap threshold: two sleeps that ran concurrently take ~1x, serialized ~2x.
 # 1.6x leaves room for connection latency and a busy CI machine on either side.
 _OVERLAP_FACTOR = 1.6
@@ -110,12 +112,23 @@ def _connect_timeout(dsn: str) -> float | None:
 
 
 def _cancel_soon(conn: Any) -> None:
-    """Cancel the running query from gevent's thread pool, waiting at most a second."""
-    import gevent
+    """Cancel the running query from a small thread pool of its own, waiting at most a second.
 
+    Its own: a ``PQcancel`` to a host that drops packets blocks its thread for
+    minutes, and in gevent's shared pool it would hold up DNS lookups and the
+    metrics' scrapes. When both threads are stuck, the cancel is skipped.
+    """
+    import gevent
+    from gevent.threadpool import ThreadPool
+
+    global _cancel_pool
+    if _cancel_pool is None or _cancel_pool.hub is not gevent.get_hub():
+        _cancel_pool = ThreadPool(_CANCEL_THREADS)  # per process: a pool does not cross a fork
+    if len(_cancel_pool) >= _CANCEL_THREADS:  # tasks queued or running
+        return
     # The original error matters more than a failed or slow cancel.
     with contextlib.suppress(Exception, gevent.Timeout):
-        gevent.get_hub().threadpool.spawn(conn.cancel).get(timeout=_CANCEL_WAIT)
+        _cancel_pool.spawn(conn.cancel).get(timeout=_CANCEL_WAIT)
 
 
 def make_psycopg2_green() -> bool:

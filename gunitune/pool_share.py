@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 from gunitune.core.resolve import settings_from
-from gunitune.database_url import masked
+from gunitune.database_url import masked, parse
 
 __all__ = [
     "POOLER_ENV",
@@ -92,21 +92,48 @@ def _resized(pool: QueuePool, pool_size: int, max_overflow: int) -> QueuePool:
     )
 
 
+def _server(url: Any) -> tuple[str, int, str]:
+    parsed = parse(url)
+    return (parsed.host or "", parsed.port or 5432, parsed.database or "")
+
+
+def _split(share: Mapping[str, int], engines: int) -> tuple[int, int]:
+    """One worker's share over ``engines`` pools on the same server (each at least 1 + 0)."""
+    total = share["pool_size"] + share["max_overflow"]
+    each = max(1, total // max(1, engines))
+    pool_size = max(1, min(share["pool_size"], round(each * share["pool_size"] / total)))
+    return pool_size, each - pool_size
+
+
 def apply_share(
-    engines: Iterable[Engine], share: Mapping[str, int], *, explicit: bool, pid: int
+    engines: Iterable[Engine],
+    share: Mapping[str, int],
+    *,
+    explicit: bool,
+    pid: int,
+    budget_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """Resize the default-sized QueuePools of ``engines`` to ``share``; report each engine.
 
     ``explicit``: the app's configuration named a pool size, so SQLAlchemy's
     5 + 10 was chosen, not defaulted. Other pool classes (NullPool, StaticPool)
-    are never changed.
+    are never changed. With ``budget_url`` (the DATABASE_URL whose budget was
+    read), only engines on that server are resized, and several of them split
+    the share: two binds on one server must not take it twice.
     """
-    pool_size, max_overflow = share["pool_size"], share["max_overflow"]
+    engines = list(engines)
+    server = _server(budget_url) if budget_url else None
+    ours = [e for e in engines if server is None or _server(e.url) == server]
+    defaults = [e for e in ours if isinstance(e.pool, QueuePool) and _sizes(e.pool) ==
+                SQLALCHEMY_DEFAULT]  # fmt: skip
+    pool_size, max_overflow = _split(share, len(defaults) if not explicit else 1)
     report: list[dict[str, Any]] = []
     for engine in engines:
         pool = engine.pool
         entry: dict[str, Any] = {"url": masked(engine.url), "pool": type(pool).__name__}
-        if not isinstance(pool, QueuePool):
+        if engine not in ours:
+            entry["kept"] = "another server than DATABASE_URL: its budget was not read"
+        elif not isinstance(pool, QueuePool):
             entry["kept"] = "not a QueuePool"
         elif _sizes(pool) == (pool_size, max_overflow):
             entry["kept"] = "already the share"
@@ -148,5 +175,6 @@ def apply_in_worker(
     if settings_from(environ, app_config).pool != "auto":
         return
     explicit = explicit_in_config(app_config)
-    report = apply_share(engines, share, explicit=explicit, pid=pid)
+    budget_url = environ.get("DATABASE_URL") or None
+    report = apply_share(engines, share, explicit=explicit, pid=pid, budget_url=budget_url)
     log.info("pool_share_applied", pid=pid, **share, engines=report)

@@ -161,3 +161,22 @@ def test_connections_are_tagged_unless_the_app_named_them(monkeypatch: pytest.Mo
     _db_timeouts._set_defaults(Dialect(), None, [], mine)
     assert mine["application_name"] == "billing" and "prepare_threshold" not in mine
     assert len(_db_timeouts.application_name(pid=4194304).encode()) <= 63
+
+
+def test_two_binds_on_the_budgets_server_split_it_and_others_are_kept() -> None:
+    """Review finding: every default pool took the whole share, so two binds took it twice."""
+    url = "postgresql+psycopg2://app:pw@db:5432/app"
+    first, second = create_engine(url), create_engine(url + "?application_name=x")
+    elsewhere = create_engine("postgresql+psycopg2://app:pw@analytics:5432/app")
+    try:
+        report = pool_share.apply_share(
+            [first, second, elsewhere], SHARE, explicit=False, pid=1, budget_url=url
+        )
+        sizes = [(e.pool.size(), e.pool._max_overflow) for e in (first, second)]  # type: ignore[attr-defined]
+        assert sizes == [(4, 9), (4, 9)]  # 27 over two pools: 13 each, a third kept open
+        assert sum(a + b for a, b in sizes) <= SHARE["pool_size"] + SHARE["max_overflow"]
+        assert (elsewhere.pool.size(), elsewhere.pool._max_overflow) == (5, 10)  # type: ignore[attr-defined]
+        assert "another server" in report[2]["kept"]
+    finally:
+        for e in (first, second, elsewhere):
+            e.dispose()
