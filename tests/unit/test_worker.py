@@ -16,6 +16,7 @@ from gevent.event import Event
 from gunicorn.workers import ggevent
 from structlog.testing import capture_logs
 
+from gunitune import green
 from gunitune._board import LoadBoard, Seat
 from gunitune._gate import GatedPool, HeldGate
 from gunitune.core.lanes import FAST
@@ -177,3 +178,50 @@ def test_queued_requests_are_refused_when_the_slowest_route_could_no_longer_fini
     (event,) = [e for e in logs if e["event"] == "worker_draining"]
     # Three times the slowest route's usual time, at least 2 s, at most half.
     assert event["refuse_queued_in"] == pytest.approx(refuse_in)
+
+
+PG_URL = "postgresql+psycopg2://app:s3cret@db.example/app"
+
+
+def test_a_driver_error_during_the_boot_check_skips_it_instead_of_halting() -> None:
+    """Issue 10 item 3: a psycopg2.Error (SET statement_timeout during a restart) is not a
+    GunituneError; it used to exit the worker with code 3 and stop the arbiter."""
+    import psycopg2
+    from sqlalchemy import create_engine
+
+    booting = worker()
+
+    def restarting(url: str, **kwargs: Any) -> Any:
+        raise psycopg2.OperationalError(f"terminating connection (url {url})")
+
+    engine = create_engine(PG_URL)
+    original = green.check_driver_yields
+    green.check_driver_yields = restarting  # type: ignore[assignment]
+    try:
+        with capture_logs() as logs:
+            booting._check_drivers([engine], "error")  # does not raise
+    finally:
+        green.check_driver_yields = original
+    (skipped,) = [e for e in logs if e["event"] == "driver_check_skipped"]
+    assert "terminating connection" in skipped["reason"]
+    assert "s3cret" not in skipped["reason"]
+
+
+def test_a_slow_first_measure_is_measured_again_before_refusing() -> None:
+    from sqlalchemy import create_engine
+
+    booting = worker()
+    calls: list[float] = []
+
+    def measure(url: str, seconds: float = 0.2, **kwargs: Any) -> green.DriverCheck:
+        calls.append(seconds)
+        # A busy machine: the first, short measure overran; the longer one overlaps.
+        return green.DriverCheck(seconds > 0.2, "psycopg2", seconds * 1.7, "measured")
+
+    original = green.check_driver_yields
+    green.check_driver_yields = measure  # type: ignore[assignment]
+    try:
+        booting._check_drivers([create_engine(PG_URL)], "error")  # does not raise
+    finally:
+        green.check_driver_yields = original
+    assert calls == [0.2, 0.5]
