@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gunitune._psycopg3 import TOO_EARLY, psycopg_imported_before_patch, repair_psycopg_after_patch
 from gunitune.core.errors import ConfigError, GunituneError
 from gunitune.database_url import DRIVER_PACKAGES, masked, with_driver
 from gunitune.postgres import connect, safe_error_text
@@ -53,14 +54,6 @@ _PSYCOPG3_FIX = (
     "monkey-patched select before psycopg is imported (psycopg >= 3.2); run under "
     "gunicorn's gevent worker, or use psycopg2 with gunitune.green.make_psycopg2_green()"
 )
-_PSYCOPG3_TOO_EARLY = (
-    "psycopg 3 was imported before gevent patched this worker, so it blocks the event "
-    "loop: the Gunicorn master imported it (preload_app = True, or a config file or "
-    "hook that imports the app or psycopg); load the app in the workers, or import "
-    "psycopg only inside functions the workers call"
-)
-
-
 def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
     """Wait for a non-blocking psycopg2 operation by parking the greenlet.
 
@@ -166,41 +159,6 @@ def psycopg2_is_green() -> bool:
         return True
     psycogreen = sys.modules.get("psycogreen.gevent")
     return callback is getattr(psycogreen, "gevent_wait_callback", object())
-
-
-def psycopg_imported_before_patch() -> bool:
-    """Whether psycopg 3 chose its blocking wait functions before gevent patched ``select``.
-
-    psycopg reads ``select``/``selectors`` once, at import: a process that
-    imported it before ``gevent.monkey.patch_all()`` (a Gunicorn master with
-    ``preload_app``, before it forks) keeps the blocking choice for good.
-    """
-    waiting = sys.modules.get("psycopg.waiting")
-    monkey = sys.modules.get("gevent.monkey")
-    if waiting is None or monkey is None or not monkey.is_module_patched("select"):
-        return False
-    import selectors
-
-    wait_c = getattr(waiting, "wait_c", None)
-    chose_c = wait_c is not None and getattr(waiting, "wait", None) is wait_c
-    stale_selector = getattr(waiting, "DefaultSelector", None) is not selectors.DefaultSelector
-    return chose_c or stale_selector
-
-
-def repair_psycopg_after_patch() -> bool:
-    """Let psycopg 3 choose its wait functions again, now that gevent has patched ``select``.
-
-    For a worker whose master imported psycopg (``preload_app``): psycopg
-    makes the choice when ``psycopg.waiting`` runs, so running it again
-    (``importlib.reload``) makes the choice a freshly imported psycopg makes
-    under gevent. Its callers look the functions up on the module at each
-    call. Returns True when it repaired something; the worker's boot check
-    measures the result either way.
-    """
-    if not psycopg_imported_before_patch():
-        return False
-    importlib.reload(sys.modules["psycopg.waiting"])
-    return not psycopg_imported_before_patch()
 
 
 @dataclass(frozen=True)
@@ -309,7 +267,7 @@ def check_driver_yields(url: str, *, seconds: float = 0.2, timeout: float = 10.0
             f"psycopg2 has a gevent wait callback but still blocked the event loop; {measured}"
         )
     elif psycopg_imported_before_patch():
-        message = f"{_PSYCOPG3_TOO_EARLY}; {measured}"
+        message = f"{TOO_EARLY}; {measured}"
     else:
         message = f"{_PSYCOPG3_FIX}; {measured}"
     return DriverCheck(yields, driver, elapsed, message)
