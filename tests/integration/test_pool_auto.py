@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,15 @@ def events(server: GunicornProcess, name: str) -> list[dict[str, Any]]:
     return found
 
 
+def await_events(server: GunicornProcess, name: str, count: int) -> list[dict[str, Any]]:
+    """The ``count`` workers' ``name`` events: ready means one worker answered, not all."""
+    deadline = time.monotonic() + 60
+    while len(found := events(server, name)) < count:
+        assert time.monotonic() < deadline, f"{len(found)} of {count} {name} events after 60 s"
+        time.sleep(0.1)
+    return found
+
+
 def test_default_pools_take_the_share_and_stay_within_it(
     gunicorn: GunicornFactory, small_postgres: PostgresCluster
 ) -> None:
@@ -58,9 +68,9 @@ def test_default_pools_take_the_share_and_stay_within_it(
     # 100 - 3 superuser-reserved = 97; headroom 2 x 3 + 10 = 16; 81 / 3 workers = 27.
     for figure in ("pool_size=9", "max_overflow=18", "per_worker=27", "headroom=16"):
         assert figure in auto, auto
-    applied = events(server, "pool_share_applied")
+    applied = await_events(server, "pool_share_applied", 3)
     assert len(applied) == 3 and all("resized" in a["engines"][0] for a in applied)
-    ready = events(server, "worker_ready")
+    ready = await_events(server, "worker_ready", 3)
     assert sorted(r["db_slots"] for r in ready) == [27, 27, 27]  # the lanes follow the pool
 
     with ConnectionWatch(small_postgres.connect) as watch:
@@ -91,6 +101,6 @@ def test_an_explicit_pool_is_kept(
     }
     server = gunicorn(config="python:gunitune.conf", env=env, probe_path="/health")
     assert "per_worker=" in master_line(server, "pool_auto")
-    kept = events(server, "pool_explicit_kept")
+    kept = await_events(server, "pool_explicit_kept", 2)
     assert len(kept) == 2 and "GUNITUNE_POOL=auto would give" in kept[0]["advice"]
-    assert sorted(r["db_slots"] for r in events(server, "worker_ready")) == [10, 10]
+    assert sorted(r["db_slots"] for r in await_events(server, "worker_ready", 2)) == [10, 10]
